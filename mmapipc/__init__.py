@@ -1,0 +1,31 @@
+"""mmapipc: exchange C structs with unrelated C processes through a MAP_SHARED file."""
+
+from mmapipc.errors import (
+    FileTooShortError,
+    MmapipcError,
+    MmapipcOSError,
+    NotRegularFileError,
+    SymlinkError,
+    UnstableRecordError,
+    WouldShrinkError,
+)
+from mmapipc.loops import read_loop, write_loop
+from mmapipc.mapping import Reader, Writer
+from mmapipc.record import RECORD_SIZE, Student
+
+__all__ = [
+    "RECORD_SIZE",
+    "FileTooShortError",
+    "MmapipcError",
+    "MmapipcOSError",
+    "NotRegularFileError",
+    "Reader",
+    "Student",
+    "SymlinkError",
+    "UnstableRecordError",
+    "WouldShrinkError",
+    "Writer",
+    "read_loop",
+    "write_loop",
+]
+__version__ = "0.1.0"

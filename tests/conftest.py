@@ -1,0 +1,107 @@
+"""Shared fixtures: C peers compiled with the system compiler, and running the CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import pytest
+
+from mmapipc.peers import build_peer, compile_c, find_compiler
+
+CSRC = Path(__file__).resolve().parent.parent / "csrc"
+
+
+@pytest.fixture(scope="session")
+def cc() -> str:
+    compiler = find_compiler()
+    if compiler is None:
+        pytest.fail("a C compiler is required for the interop tests")
+    return compiler
+
+
+@pytest.fixture(scope="session")
+def peers(cc: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The C twins of mmap_w and mmap_r, compiled for this test run."""
+    out = tmp_path_factory.mktemp("peers")
+    return {name: build_peer(name, out, cc) for name in ("mmap_w", "mmap_r")}
+
+
+@pytest.fixture(scope="session")
+def build_c(cc: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Compile a C program (source text) against csrc/ and return its path."""
+    out = tmp_path_factory.mktemp("cprogs")
+
+    def build(name: str, source: str) -> Path:
+        src = out / f"{name}.c"
+        src.write_text(source)
+        exe = out / name
+        cmd = [cc, "-O2", "-std=gnu11", f"-I{CSRC}", "-o", str(exe), str(src)]
+        subprocess.run(cmd, check=True, capture_output=True)
+        return exe
+
+    return build
+
+
+Arg = Union[str, bytes, os.PathLike]  # type: ignore[type-arg]
+
+
+def run_cli(
+    *args: Arg, timeout: float = 30, input: bytes | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run `python -m mmapipc ARGS` in a separate process, outside the checkout."""
+    cmd: list[Any] = [sys.executable, "-m", "mmapipc", *args]
+    return subprocess.run(
+        cmd, capture_output=True, timeout=timeout, input=input,
+        cwd=cwd or Path(os.environ.get("TMPDIR", "/tmp")), check=False,
+    )
+
+
+def start_cli(*args: Arg, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start `python -m mmapipc ARGS` in the background."""
+    cmd: list[Any] = [sys.executable, "-m", "mmapipc", *args]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=cwd or Path(os.environ.get("TMPDIR", "/tmp")),
+    )
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess[bytes], *needles: str) -> str:
+    """A one-line error on stderr, non-zero status, no traceback; returns the line."""
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode != 0, f"expected failure, got 0; stderr={err!r}"
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line, got {lines!r}"
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+@pytest.fixture()
+def shared(tmp_path: Path) -> Path:
+    """A path for a shared record file (not created)."""
+    return tmp_path / "shared.bin"
+
+
+def reap(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=10)
+
+
+@pytest.fixture()
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Background processes to kill at the end of a test."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    reap(started)
+
+
+__all__ = ["assert_clean_error", "compile_c", "run_cli", "shutil", "start_cli"]
