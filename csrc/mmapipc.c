@@ -133,15 +133,31 @@ static inline void cpu_relax(void)
 #endif
 }
 
-static void sleep_ns(int64_t ns)
+/* Returns -1 (errno EINTR) when a signal cut the sleep short. */
+static int sleep_ns(int64_t ns)
 {
     struct timespec ts;
     ts.tv_sec = (time_t)(ns / 1000000000);
     ts.tv_nsec = (long)(ns % 1000000000);
-    nanosleep(&ts, NULL);
+    return nanosleep(&ts, NULL);
 }
 
 /* ---- open and close ---------------------------------------------------- */
+
+/* Carry on from a previous writer's sequence (even if it died mid-store). */
+static int read_writer_seq(struct mmapipc_channel *ch)
+{
+    struct guard g;
+    const unsigned char *m = ch->map;
+    GUARD_BEGIN(g, m, ch->size);
+    if (m[ch->marker_off] == MMAPIPC_SEQ_MARKER) {
+        uint16_t s = atomic_load_explicit(
+            (_Atomic uint16_t *)(m + ch->seq_off), memory_order_relaxed);
+        ch->seq = (uint16_t)(s + (s & 1));
+    }
+    GUARD_END(g);
+    return 0;
+}
 
 int mmapipc_open(struct mmapipc_channel *ch, const char *path, int flags)
 {
@@ -196,17 +212,10 @@ int mmapipc_open(struct mmapipc_channel *ch, const char *path, int flags)
     ch->verified = 0;
     ch->stuck_valid = 0;
     ch->seq = 0;
-    if (writable && ch->seq_off >= 0) {
-        /* Carry on from a previous writer's sequence (even if it died). */
-        struct guard g;
-        const unsigned char *m = ch->map;
-        GUARD_BEGIN(g, m, ch->size);
-        if (m[ch->marker_off] == MMAPIPC_SEQ_MARKER) {
-            uint16_t s = atomic_load_explicit(
-                (_Atomic uint16_t *)(m + ch->seq_off), memory_order_relaxed);
-            ch->seq = (uint16_t)(s + (s & 1));
-        }
-        GUARD_END(g);
+    if (writable && ch->seq_off >= 0 && read_writer_seq(ch) != 0) {
+        munmap(ch->map, ch->size);
+        ch->map = NULL;
+        return MMAPIPC_EBUS;
     }
     return 0;
 
@@ -491,8 +500,13 @@ static int poll_changed(struct mmapipc_channel *ch)
 
 int mmapipc_wait(struct mmapipc_channel *ch)
 {
-    int64_t start = now_ns(), now, sleep = ch->sleep_min_ns;
+    int64_t start = now_ns(), now, sleep = ch->sleep_min_ns, spin = ch->spin_ns;
     int slack = -1, rc;
+
+    if (ch->resume) {
+        sleep = ch->sleep_max_ns;
+        spin = 0;
+    }
 
     if (ch->map == NULL) {
         errno = EBADF;
@@ -512,7 +526,7 @@ int mmapipc_wait(struct mmapipc_channel *ch)
             rc = MMAPIPC_ETIMEDOUT;
             break;
         }
-        if (ch->busy || now - start < ch->spin_ns) {
+        if (ch->busy || now - start < spin) {
             cpu_relax();
             continue;
         }
@@ -523,7 +537,10 @@ int mmapipc_wait(struct mmapipc_channel *ch)
                 prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
         }
         int64_t left = ch->timeout_ns >= 0 ? ch->timeout_ns - (now - start) : sleep;
-        sleep_ns(sleep < left ? sleep : left);
+        if (sleep_ns(sleep < left ? sleep : left) != 0) {
+            rc = MMAPIPC_EINTR;
+            break;
+        }
         if (sleep < ch->sleep_max_ns) {
             sleep *= 2;
             if (sleep > ch->sleep_max_ns)

@@ -30,6 +30,7 @@ struct STU {
 #define MMAPIPC_EBUS -5       /* SIGBUS in a guarded copy: file truncated */
 #define MMAPIPC_EUNSTABLE -6  /* the record never held still long enough */
 #define MMAPIPC_ETIMEDOUT -7  /* a wait ran out of time */
+#define MMAPIPC_EINTR -8      /* a wait was interrupted by a signal */
 
 /* Flags for mmapipc_open. */
 #define MMAPIPC_WRITE 1           /* map for writing (creates the file) */
@@ -64,6 +65,7 @@ struct mmapipc_channel {
     int64_t sleep_max_ns;     /* wait: ceiling the sleeps double up to */
     int64_t timeout_ns;       /* wait: give up after this long; < 0 never */
     int busy;                 /* wait: spin instead of sleeping */
+    int resume;               /* wait: carry on a wait (no spin, longest sleeps) */
     uint64_t seqlock_reads;   /* reader: copies accepted by the seq lock */
     uint64_t fallback_reads;  /* reader: copies accepted by agreement */
 };
@@ -90,7 +92,9 @@ int mmapipc_load(struct mmapipc_channel *ch);
 /* One guarded copy into ch->scratch, as it is: no stability check. */
 int mmapipc_load_raw(struct mmapipc_channel *ch);
 
-/* Wait until mmapipc_load would return 1, then do it; or time out. */
+/* Wait until mmapipc_load would return 1, then do it; or time out, or
+ * return MMAPIPC_EINTR when a signal interrupts a sleep.  Callers wait in
+ * slices, so that signal handlers get to run between them. */
 int mmapipc_wait(struct mmapipc_channel *ch);
 
 /* CDEF END */

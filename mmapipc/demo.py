@@ -30,6 +30,7 @@ class Pairing:
     path: Path
     lines: List[str] = field(default_factory=list)
     problems: List[str] = field(default_factory=list)
+    output_gone: bool = False
 
 
 def _wait_for_record(path: Path, timeout: float) -> bool:
@@ -56,8 +57,11 @@ def _run(p: Pairing, out: IO[str], lock: threading.Lock) -> None:
             raw = raw_bytes.decode("utf-8", "backslashreplace").rstrip("\n")
             p.lines.append(raw)
             with lock:
-                out.write(f"  [{p.label}] {raw.expandtabs(2)}\n")
-                out.flush()
+                try:
+                    out.write(f"  [{p.label}] {raw.expandtabs(2)}\n")
+                    out.flush()
+                except BrokenPipeError:
+                    p.output_gone = True
         _, rerr = reader.communicate(timeout=60)
         if reader.returncode != 0:
             p.problems.append(f"reader exited {reader.returncode}: {rerr.decode()!r}")
@@ -126,6 +130,8 @@ def run_demo(seconds: float, out: IO[str]) -> int:
             t.start()
         for t in threads:
             t.join()
+        if any(p.output_gone for p in pairings):
+            raise BrokenPipeError(32, "Broken pipe")
         failed = [p for p in pairings if p.problems or not p.lines]
         for p in failed:
             for problem in p.problems or ["the reader printed nothing"]:

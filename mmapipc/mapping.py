@@ -30,18 +30,29 @@ STUCK_WAIT = 0.05
 UNSTABLE_WAIT = 1.0
 # How often Reader(wait=True) looks for its file.
 OPEN_POLL = 0.01
+# The longest a wait stays in C before Python can run signal handlers.
+WAIT_SLICE = 0.05
+_WAIT_SLICE_NS = int(WAIT_SLICE * 1e9)
+_ETIMEDOUT = lib.MMAPIPC_ETIMEDOUT
+_EINTR = lib.MMAPIPC_EINTR
 
 _fh_enabled = faulthandler.is_enabled
-_fh_seen: list[Optional[bool]] = [None]
+_fh_seen: Optional[bool] = None
 
 
 def _ensure_guard() -> None:
-    """Keep our SIGBUS handler first in the chain, even if faulthandler toggled since."""
+    """Keep our SIGBUS handler first in the chain, even if faulthandler toggled since.
+
+    faulthandler.enable() puts its handler in front of ours (it would report a guarded
+    fault as fatal) and disable() can restore a chain without ours; so every operation
+    compares faulthandler's state with the one seen at the last install (one cheap call).
+    """
+    global _fh_seen
     state = _fh_enabled()
-    if state is not _fh_seen[0]:
+    if state is not _fh_seen:
         if lib.mmapipc_guard_install() != 0:
             raise core_error(lib.MMAPIPC_EOS, None, 0)
-        _fh_seen[0] = state
+        _fh_seen = state
 
 
 def _ns(seconds: Optional[float]) -> int:
@@ -160,10 +171,11 @@ class Writer(_Mapping[T]):
 
     def write(self, record: T) -> None:
         """Store the whole record in one guarded copy (under the seq lock)."""
-        _ensure_guard()
+        if _fh_enabled() is not _fh_seen:
+            _ensure_guard()
         self._src[:] = self._encode(record)
         rc = self._store(self._ch)
-        if rc != 0:
+        if rc:
             raise self._error(rc)
 
     def write_bytes(self, data: bytes) -> None:
@@ -251,7 +263,8 @@ class Reader(_Mapping[T]):
 
         An unchanged record comes back as the same object, without decoding again.
         """
-        _ensure_guard()
+        if _fh_enabled() is not _fh_seen:
+            _ensure_guard()
         rc = self._load(self._ch)
         if rc == 0:
             return self._last
@@ -282,14 +295,32 @@ class Reader(_Mapping[T]):
         return self._copy[:]
 
     def wait_for_change(self, timeout: Optional[float] = None) -> T:
-        """Wait for the next record that differs from the last one returned; TimeoutError."""
-        _ensure_guard()
-        self._ch.timeout_ns = _ns(timeout)
-        rc = lib.mmapipc_wait(self._ch)
-        if rc == 1:
-            self._last = last = self._decode(self._copy[:])
-            return last
-        raise self._error(rc)
+        """Wait for the next record that differs from the last one returned.
+
+        The wait runs in C without the GIL, in slices of WAIT_SLICE seconds so that
+        signal handlers (Ctrl-C) run between them.  Raises TimeoutError after timeout.
+        """
+        if _fh_enabled() is not _fh_seen:
+            _ensure_guard()
+        ch = self._ch
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        ch.resume = 0
+        while True:
+            if deadline is None:
+                ch.timeout_ns = _WAIT_SLICE_NS
+            else:
+                left = deadline - time.monotonic()
+                ch.timeout_ns = max(0, min(_WAIT_SLICE_NS, int(left * 1e9)))
+            rc = lib.mmapipc_wait(ch)
+            if rc == 1:
+                self._last = last = self._decode(self._copy[:])
+                return last
+            if rc == _ETIMEDOUT:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise self._error(rc)
+            elif rc != _EINTR:
+                raise self._error(rc)
+            ch.resume = 1  # carry on where the slice stopped: no new spin
 
     def watch(self, timeout: Optional[float] = None) -> Iterator[T]:
         """Yield the current record, then each change once; stop after timeout idle seconds."""

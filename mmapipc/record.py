@@ -175,6 +175,8 @@ class StudentCodec:
     name = "struct STU"
 
     def encode(self, record: Student) -> bytes:
+        if type(record) is Student:
+            return record._bytes
         if not isinstance(record, Student):
             raise TypeError(f"expected a Student, not {type(record).__name__}")
         return record._bytes
