@@ -25,7 +25,7 @@ SPIN = 20e-6
 SLEEP_MIN = 20e-6
 SLEEP_MAX = 250e-6
 # How long a reader waits on a writer that is mid-store before reading by agreement.
-STUCK_WAIT = 0.05
+STUCK_WAIT = 0.25
 # How long a reader tries for a stable copy before giving up.
 UNSTABLE_WAIT = 1.0
 # How often Reader(wait=True) looks for its file.

@@ -62,17 +62,20 @@ def _decode_text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+_unpack = _STU.unpack
+_pack = _STU.pack
+_new = object.__new__
+_setattr = object.__setattr__
+_PAD_AT, _ZERO_PAD = PADDING[0], bytes(PADDING[1])
+
+
 class Student:
     """One struct STU: id (int32), name (at most 19 UTF-8 bytes), sex (one byte); immutable."""
 
-    __slots__ = ("_bytes", "_name_bytes", "_sex_byte", "id", "name", "sex")
-
-    id: int
-    name: str
-    sex: str
-    _bytes: bytes
-    _name_bytes: bytes
-    _sex_byte: bytes
+    # One slot holding (id, name, sex, name_bytes, sex_byte, canonical bytes): building a
+    # record is then one attribute store, which keeps decoding in a reader's loop cheap.
+    __slots__ = ("_v",)
+    _v: Tuple[int, str, str, bytes, bytes, bytes]
 
     def __init__(self, id: int, name: Union[str, bytes], sex: Union[str, bytes]) -> None:
         if isinstance(id, bool) or not isinstance(id, int):
@@ -90,61 +93,78 @@ class Student:
         sex_b = _encode_text(sex, "sex")
         if len(sex_b) != 1:
             raise ValueError(f"sex must be exactly one byte, got {len(sex_b)}")
-        self._set(id, name_b, sex_b, _STU.pack(id, name_b, sex_b))
-
-    def _set(self, id: int, name_b: bytes, sex_b: bytes, data: bytes) -> None:
-        setter = object.__setattr__
-        setter(self, "id", id)
-        setter(self, "_name_bytes", name_b)
-        setter(self, "_sex_byte", sex_b)
-        setter(self, "name", _decode_text(name_b))
-        setter(self, "sex", _decode_text(sex_b))
-        setter(self, "_bytes", data)
+        _setattr(self, "_v", (id, _decode_text(name_b), _decode_text(sex_b), name_b, sex_b,
+                              _pack(id, name_b, sex_b)))
 
     @classmethod
     def from_bytes(cls, data: Union[bytes, bytearray, memoryview]) -> Student:
         """Decode any 28 bytes as mmap_r sees them: name up to its first NUL, padding ignored."""
         if len(data) != RECORD_SIZE:
             raise ValueError(f"a record is {RECORD_SIZE} bytes, got {len(data)}")
-        id_, name_raw, sex_b = _STU.unpack(data)
+        id_, name_raw, sex_b = _unpack(data)
         nul = name_raw.find(b"\0")
-        name_b = name_raw if nul < 0 else name_raw[:nul]
-        self = cls.__new__(cls)
-        # Canonical bytes: the fields as decoded, the name zero-filled, zero padding.
-        canonical = _STU.pack(id_, name_b, sex_b)
-        self._set(id_, name_b, sex_b, canonical)
+        if nul < 0:
+            name_b = name_raw
+            canonical = _pack(id_, name_b, sex_b)
+        else:
+            name_b = name_raw[:nul]
+            # Canonical bytes: the fields as decoded, the name zero-filled, zero padding.
+            clean = data[_PAD_AT:] == _ZERO_PAD and name_raw.rstrip(b"\0") == name_b
+            if clean and type(data) is bytes:
+                canonical = data
+            else:
+                canonical = _pack(id_, name_b, sex_b)
+        self = _new(cls)
+        _setattr(self, "_v", (id_, name_b.decode("utf-8", "surrogateescape"),
+                              sex_b.decode("utf-8", "surrogateescape"), name_b, sex_b, canonical))
         return self
 
-    def to_bytes(self) -> bytes:
-        """The 28 bytes of the C struct: int32 id at 0, name + NUL at 4, sex at 24, zero pad."""
-        return self._bytes
+    @property
+    def id(self) -> int:
+        """The int32 id."""
+        return self._v[0]
+
+    @property
+    def name(self) -> str:
+        """The name as text (bytes that are not UTF-8 as surrogates)."""
+        return self._v[1]
+
+    @property
+    def sex(self) -> str:
+        """The sex byte as text."""
+        return self._v[2]
 
     @property
     def name_bytes(self) -> bytes:
         """The raw name bytes, up to (not including) the first NUL."""
-        return self._name_bytes
+        return self._v[3]
 
     @property
     def sex_byte(self) -> bytes:
         """The raw sex byte."""
-        return self._sex_byte
+        return self._v[4]
+
+    def to_bytes(self) -> bytes:
+        """The 28 bytes of the C struct: int32 id at 0, name + NUL at 4, sex at 24, zero pad."""
+        return self._v[5]
 
     def replace(self, **changes: Any) -> Student:
         """A copy with some fields changed (validated like the constructor)."""
-        fields = {"id": self.id, "name": self._name_bytes, "sex": self._sex_byte}
+        v = self._v
+        fields: dict[str, Any] = {"id": v[0], "name": v[3], "sex": v[4]}
         fields.update(changes)
         return Student(**fields)
 
     def c_line(self) -> bytes:
         """mmap_r's line, byte for byte: printf("id=%d\\tname=%s\\t%c\\n")."""
-        name = self._name_bytes
-        if len(name) == NAME_SIZE and self._sex_byte != b"\0":
-            name += self._sex_byte  # %s runs on past a full name into sex, as in C
-        return b"id=%d\tname=%s\t%c\n" % (self.id, name, self._sex_byte[0])
+        _, _, _, name, sex, _ = self._v
+        if len(name) == NAME_SIZE and sex != b"\0":
+            name += sex  # %s runs on past a full name into sex, as in C
+        return b"id=%d\tname=%s\t%c\n" % (self._v[0], name, sex[0])
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a plain dict (text as str, undecodable bytes as surrogates)."""
-        return {"id": self.id, "name": self.name, "sex": self.sex}
+        return {"id": self._v[0], "name": self._v[1], "sex": self._v[2]}
 
     def __setattr__(self, key: str, value: object) -> None:
         raise AttributeError("Student is immutable; use replace()")
@@ -155,16 +175,16 @@ class Student:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Student):
             return NotImplemented
-        return self._bytes == other._bytes
+        return self._v[5] == other._v[5]
 
     def __hash__(self) -> int:
-        return hash(self._bytes)
+        return hash(self._v[5])
 
     def __repr__(self) -> str:
         return f"Student(id={self.id!r}, name={self.name!r}, sex={self.sex!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Student.from_bytes, (self._bytes,))
+        return (Student.from_bytes, (self._v[5],))
 
 
 class StudentCodec:
@@ -175,11 +195,9 @@ class StudentCodec:
     name = "struct STU"
 
     def encode(self, record: Student) -> bytes:
-        if type(record) is Student:
-            return record._bytes
         if not isinstance(record, Student):
             raise TypeError(f"expected a Student, not {type(record).__name__}")
-        return record._bytes
+        return record._v[5]
 
     def decode(self, data: bytes) -> Student:
         return Student.from_bytes(data)
