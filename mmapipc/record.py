@@ -66,7 +66,6 @@ _unpack = _STU.unpack
 _pack = _STU.pack
 _new = object.__new__
 _setattr = object.__setattr__
-_PAD_AT, _ZERO_PAD = PADDING[0], bytes(PADDING[1])
 
 
 class Student:
@@ -99,21 +98,14 @@ class Student:
     @classmethod
     def from_bytes(cls, data: Union[bytes, bytearray, memoryview]) -> Student:
         """Decode any 28 bytes as mmap_r sees them: name up to its first NUL, padding ignored."""
-        if len(data) != RECORD_SIZE:
-            raise ValueError(f"a record is {RECORD_SIZE} bytes, got {len(data)}")
-        id_, name_raw, sex_b = _unpack(data)
+        try:
+            id_, name_raw, sex_b = _unpack(data)
+        except struct.error:
+            raise ValueError(f"a record is {RECORD_SIZE} bytes, got {len(data)}") from None
         nul = name_raw.find(b"\0")
-        if nul < 0:
-            name_b = name_raw
-            canonical = _pack(id_, name_b, sex_b)
-        else:
-            name_b = name_raw[:nul]
-            # Canonical bytes: the fields as decoded, the name zero-filled, zero padding.
-            clean = data[_PAD_AT:] == _ZERO_PAD and name_raw.rstrip(b"\0") == name_b
-            if clean and type(data) is bytes:
-                canonical = data
-            else:
-                canonical = _pack(id_, name_b, sex_b)
+        name_b = name_raw if nul < 0 else name_raw[:nul]
+        # Canonical bytes: the fields as decoded, the name zero-filled, zero padding.
+        canonical = _pack(id_, name_b, sex_b)
         self = _new(cls)
         _setattr(self, "_v", (id_, name_b.decode("utf-8", "surrogateescape"),
                               sex_b.decode("utf-8", "surrogateescape"), name_b, sex_b, canonical))
