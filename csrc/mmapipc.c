@@ -438,7 +438,8 @@ static int load_guarded(struct mmapipc_channel *ch)
     if (rc != 0)
         return rc;
     ch->seq = s;
-    clear_lock_bytes(ch, ch->scratch);
+    if (!agreed)
+        clear_lock_bytes(ch, ch->scratch);  /* ours; a legacy writer's stay as they are */
     if (ch->have && same_fields(ch, ch->scratch, ch->copy))
         return 0;
     if (agreed && (rc = check_size(ch)) != 0)

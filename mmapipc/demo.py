@@ -10,7 +10,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, List, Optional
+from typing import IO
 
 from mmapipc.peers import CompilerError, build_peer, find_compiler
 from mmapipc.record import RECORD_SIZE
@@ -25,11 +25,11 @@ class Pairing:
     """One writer process and one reader process on one file."""
 
     label: str
-    writer: List[str]
-    reader: List[str]
+    writer: list[str]
+    reader: list[str]
     path: Path
-    lines: List[str] = field(default_factory=list)
-    problems: List[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
     output_gone: bool = False
 
 
@@ -75,7 +75,7 @@ def _run(p: Pairing, out: IO[str], lock: threading.Lock) -> None:
             p.problems.append(f"writer exited {writer.returncode}: {err.decode()!r}")
 
 
-def _pairings(tmp: Path, seconds: float, cdir: Optional[Path]) -> List[Pairing]:
+def _pairings(tmp: Path, seconds: float, cdir: Path | None) -> list[Pairing]:
     writes = max(2, round(seconds / WRITE_INTERVAL))
     reads = max(1, round(seconds / READ_INTERVAL))
     w_args = ["--interval", str(WRITE_INTERVAL), "--count", str(writes)]
@@ -83,19 +83,31 @@ def _pairings(tmp: Path, seconds: float, cdir: Optional[Path]) -> List[Pairing]:
     ms_w, ms_r = str(int(WRITE_INTERVAL * 1000)), str(int(READ_INTERVAL * 1000))
     f1, f2, f3 = tmp / "py-py.shared", tmp / "py-c.shared", tmp / "c-py.shared"
     result = [
-        Pairing("python write -> python read", [*PY, "write", str(f1), *w_args],
-                [*PY, "read", str(f1), *r_args], f1),
+        Pairing(
+            "python write -> python read",
+            [*PY, "write", str(f1), *w_args],
+            [*PY, "read", str(f1), *r_args],
+            f1,
+        ),
     ]
     if cdir is not None:
         mmap_w, mmap_r = str(cdir / "mmap_w"), str(cdir / "mmap_r")
         result.append(
-            Pairing("python write -> C mmap_r   ",
-                    [*PY, "write", str(f2), "--id", "100", *w_args],
-                    [mmap_r, str(f2), str(reads), ms_r], f2))
+            Pairing(
+                "python write -> C mmap_r   ",
+                [*PY, "write", str(f2), "--id", "100", *w_args],
+                [mmap_r, str(f2), str(reads), ms_r],
+                f2,
+            )
+        )
         result.append(
-            Pairing("C mmap_w -> python read    ",
-                    [mmap_w, str(f3), str(writes), ms_w, "xiaoming", "1000"],
-                    [*PY, "read", str(f3), *r_args], f3))
+            Pairing(
+                "C mmap_w -> python read    ",
+                [mmap_w, str(f3), str(writes), ms_w, "xiaoming", "1000"],
+                [*PY, "read", str(f3), *r_args],
+                f3,
+            )
+        )
     return result
 
 
@@ -103,7 +115,7 @@ def run_demo(seconds: float, out: IO[str]) -> int:
     """Run the pairings side by side for about `seconds`; 0 if every reader heard its writer."""
     with tempfile.TemporaryDirectory(prefix="mmapipc-demo-") as name:
         tmp = Path(name)
-        cdir: Optional[Path] = tmp / "bin"
+        cdir: Path | None = tmp / "bin"
         cc = find_compiler()
         note = ""
         try:

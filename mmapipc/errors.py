@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Optional, Union
+from typing import Union
 
 from mmapipc._ffi import ffi, lib
 
@@ -19,7 +19,7 @@ class MmapipcError(Exception):
 class MmapipcOSError(MmapipcError, OSError):
     """A file problem of ours: carries an errno, a message and the path, like OSError."""
 
-    def __init__(self, err: int, message: str, path: Optional[PathLike]) -> None:
+    def __init__(self, err: int, message: str, path: PathLike | None) -> None:
         super().__init__(err, message, None if path is None else os.fspath(path))
 
     def __str__(self) -> str:
@@ -46,13 +46,13 @@ class UnstableRecordError(MmapipcOSError):
     """The record kept changing while it was copied, longer than the read allows."""
 
 
-def os_error(path: Optional[PathLike]) -> OSError:
+def os_error(path: PathLike | None) -> OSError:
     """OSError for the errno the C core left, e.g. FileNotFoundError."""
     err = ffi.errno
     return OSError(err, os.strerror(err), None if path is None else os.fspath(path))
 
 
-def _kind(path: Optional[PathLike]) -> str:
+def _kind(path: PathLike | None) -> str:
     """What a path is, in words, for errors about non-regular files."""
     try:
         mode = os.stat(path).st_mode if path is not None else 0
@@ -74,9 +74,7 @@ def _size_words(n: int) -> str:
     return f"{n} byte" if n == 1 else f"{n} bytes"
 
 
-def core_error(
-    rc: int, path: Optional[PathLike], record_size: int, file_size: int = -1
-) -> OSError:
+def core_error(rc: int, path: PathLike | None, record_size: int, file_size: int = -1) -> OSError:
     """Exception for a negative return code of the C core."""
     if rc == lib.MMAPIPC_EOS:
         return os_error(path)
@@ -107,9 +105,7 @@ def core_error(
             path,
         )
     if rc == lib.MMAPIPC_EUNSTABLE:
-        return UnstableRecordError(
-            errno.EAGAIN, "record kept changing while it was copied", path
-        )
+        return UnstableRecordError(errno.EAGAIN, "record kept changing while it was copied", path)
     if rc == lib.MMAPIPC_ETIMEDOUT:
         return TimeoutError(errno.ETIMEDOUT, "no change before the timeout", path)
     return MmapipcOSError(errno.EIO, f"unexpected core return code {rc}", path)

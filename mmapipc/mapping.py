@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Any, Generic, Optional, Type, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast, overload
 
 from mmapipc._ffi import ffi, lib
 from mmapipc.errors import FileTooShortError, PathLike, SymlinkError, core_error
@@ -37,7 +37,7 @@ _ETIMEDOUT = lib.MMAPIPC_ETIMEDOUT
 _EINTR = lib.MMAPIPC_EINTR
 
 _fh_enabled = faulthandler.is_enabled
-_fh_seen: Optional[bool] = None
+_fh_seen: bool | None = None
 
 
 def _ensure_guard() -> None:
@@ -55,7 +55,7 @@ def _ensure_guard() -> None:
         _fh_seen = state
 
 
-def _ns(seconds: Optional[float]) -> int:
+def _ns(seconds: float | None) -> int:
     return -1 if seconds is None else max(0, int(seconds * 1e9))
 
 
@@ -113,9 +113,9 @@ class _Mapping(Generic[T]):
 
     def __exit__(
         self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -138,6 +138,28 @@ class Writer(_Mapping[T]):
 
     _kind = "Writer"
 
+    @overload
+    def __init__(
+        self: Writer[Student],
+        path: PathLike,
+        *,
+        force: bool = ...,
+        follow_symlinks: bool = ...,
+        seqlock: bool = ...,
+        layout: None = ...,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        path: PathLike,
+        *,
+        force: bool = ...,
+        follow_symlinks: bool = ...,
+        seqlock: bool = ...,
+        layout: Codec[T],
+    ) -> None: ...
+
     def __init__(
         self,
         path: PathLike,
@@ -145,7 +167,7 @@ class Writer(_Mapping[T]):
         force: bool = False,
         follow_symlinks: bool = False,
         seqlock: bool = True,
-        layout: Optional[Codec[Any]] = None,
+        layout: Codec[Any] | None = None,
     ) -> None:
         super().__init__(path, cast(Codec[T], layout or STUDENT))
         self._ch.seqlock = 1 if seqlock else 0
@@ -163,8 +185,7 @@ class Writer(_Mapping[T]):
             if e.errno == 40 and not follow_symlinks and os.path.islink(self.path):
                 raise SymlinkError(
                     e.errno,
-                    "is a symlink; not followed unless follow_symlinks=True"
-                    " (--follow-symlinks)",
+                    "is a symlink; not followed unless follow_symlinks=True (--follow-symlinks)",
                     self.path,
                 ) from None
             raise
@@ -209,13 +230,41 @@ class Reader(_Mapping[T]):
 
     _kind = "Reader"
 
+    @overload
+    def __init__(
+        self: Reader[Student],
+        path: PathLike,
+        *,
+        wait: bool = ...,
+        wait_timeout: float | None = ...,
+        layout: None = ...,
+        spin: float = ...,
+        sleep_min: float = ...,
+        sleep_max: float = ...,
+        busy: bool = ...,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        path: PathLike,
+        *,
+        wait: bool = ...,
+        wait_timeout: float | None = ...,
+        layout: Codec[T],
+        spin: float = ...,
+        sleep_min: float = ...,
+        sleep_max: float = ...,
+        busy: bool = ...,
+    ) -> None: ...
+
     def __init__(
         self,
         path: PathLike,
         *,
         wait: bool = False,
-        wait_timeout: Optional[float] = None,
-        layout: Optional[Codec[Any]] = None,
+        wait_timeout: float | None = None,
+        layout: Codec[Any] | None = None,
         spin: float = SPIN,
         sleep_min: float = SLEEP_MIN,
         sleep_max: float = SLEEP_MAX,
@@ -239,7 +288,7 @@ class Reader(_Mapping[T]):
             self._open(0)
         self._last: T = self._fresh()
 
-    def _open_when_ready(self, timeout: Optional[float]) -> None:
+    def _open_when_ready(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
@@ -287,14 +336,14 @@ class Reader(_Mapping[T]):
         rc = lib.mmapipc_load_raw(self._ch)
         if rc != 0:
             raise self._error(rc)
-        return self._scratch[:]
+        return bytes(self._scratch[:])
 
     def read_bytes(self) -> bytes:
         """The current record's bytes, as read() sees them (lock bytes zeroed)."""
         self.read()
-        return self._copy[:]
+        return bytes(self._copy[:])
 
-    def wait_for_change(self, timeout: Optional[float] = None) -> T:
+    def wait_for_change(self, timeout: float | None = None) -> T:
         """Wait for the next record that differs from the last one returned.
 
         The wait runs in C without the GIL, in slices of WAIT_SLICE seconds so that
@@ -322,7 +371,7 @@ class Reader(_Mapping[T]):
                 raise self._error(rc)
             ch.resume = 1  # carry on where the slice stopped: no new spin
 
-    def watch(self, timeout: Optional[float] = None) -> Iterator[T]:
+    def watch(self, timeout: float | None = None) -> Iterator[T]:
         """Yield the current record, then each change once; stop after timeout idle seconds."""
         yield self.read()
         while True:
@@ -341,4 +390,3 @@ class Reader(_Mapping[T]):
 
     def __enter__(self) -> Reader[T]:
         return self
-

@@ -7,7 +7,7 @@ against the C compiler's (through cffi) when this module is imported.
 from __future__ import annotations
 
 import struct
-from typing import Any, Optional, Protocol, Tuple, TypeVar, Union
+from typing import Any, Protocol, TypeVar
 
 from mmapipc._ffi import ffi
 
@@ -43,14 +43,14 @@ class Codec(Protocol[T]):
     """What a mapping needs to know about a record type: its size and how to code it."""
 
     size: int
-    lock_offsets: Optional[Tuple[int, int]]  # (marker, seq) padding offsets, if any
+    lock_offsets: tuple[int, int] | None  # (marker, seq) padding offsets, if any
 
     def encode(self, record: T) -> bytes: ...
 
     def decode(self, data: bytes) -> T: ...
 
 
-def _encode_text(value: Union[str, bytes], field: str) -> bytes:
+def _encode_text(value: str | bytes, field: str) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8", "surrogateescape")
     if isinstance(value, (bytes, bytearray)):
@@ -71,12 +71,14 @@ _setattr = object.__setattr__
 class Student:
     """One struct STU: id (int32), name (at most 19 UTF-8 bytes), sex (one byte); immutable."""
 
-    # One slot holding (id, name, sex, name_bytes, sex_byte, canonical bytes): building a
-    # record is then one attribute store, which keeps decoding in a reader's loop cheap.
+    # One slot holding (id, name, sex, name_bytes, sex_byte, canonical bytes, tail): building
+    # a record is then one attribute store, which keeps decoding in a reader's loop cheap.
+    # tail is what C's %s prints after a name that fills all 20 bytes (sex, then padding,
+    # up to a NUL); it is empty otherwise and plays no part in equality.
     __slots__ = ("_v",)
-    _v: Tuple[int, str, str, bytes, bytes, bytes]
+    _v: tuple[int, str, str, bytes, bytes, bytes, bytes]
 
-    def __init__(self, id: int, name: Union[str, bytes], sex: Union[str, bytes]) -> None:
+    def __init__(self, id: int, name: str | bytes, sex: str | bytes) -> None:
         if isinstance(id, bool) or not isinstance(id, int):
             raise TypeError(f"id must be an int, not {type(id).__name__}")
         if not INT32_MIN <= id <= INT32_MAX:
@@ -92,23 +94,50 @@ class Student:
         sex_b = _encode_text(sex, "sex")
         if len(sex_b) != 1:
             raise ValueError(f"sex must be exactly one byte, got {len(sex_b)}")
-        _setattr(self, "_v", (id, _decode_text(name_b), _decode_text(sex_b), name_b, sex_b,
-                              _pack(id, name_b, sex_b)))
+        _setattr(
+            self,
+            "_v",
+            (
+                id,
+                _decode_text(name_b),
+                _decode_text(sex_b),
+                name_b,
+                sex_b,
+                _pack(id, name_b, sex_b),
+                b"",
+            ),
+        )
 
     @classmethod
-    def from_bytes(cls, data: Union[bytes, bytearray, memoryview]) -> Student:
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> Student:
         """Decode any 28 bytes as mmap_r sees them: name up to its first NUL, padding ignored."""
         try:
             id_, name_raw, sex_b = _unpack(data)
         except struct.error:
             raise ValueError(f"a record is {RECORD_SIZE} bytes, got {len(data)}") from None
         nul = name_raw.find(b"\0")
-        name_b = name_raw if nul < 0 else name_raw[:nul]
+        if nul < 0:
+            name_b = name_raw
+            tail = bytes(data[OFFSETS["sex"] :]).split(b"\0", 1)[0]
+        else:
+            name_b = name_raw[:nul]
+            tail = b""
         # Canonical bytes: the fields as decoded, the name zero-filled, zero padding.
         canonical = _pack(id_, name_b, sex_b)
         self = _new(cls)
-        _setattr(self, "_v", (id_, name_b.decode("utf-8", "surrogateescape"),
-                              sex_b.decode("utf-8", "surrogateescape"), name_b, sex_b, canonical))
+        _setattr(
+            self,
+            "_v",
+            (
+                id_,
+                name_b.decode("utf-8", "surrogateescape"),
+                sex_b.decode("utf-8", "surrogateescape"),
+                name_b,
+                sex_b,
+                canonical,
+                tail,
+            ),
+        )
         return self
 
     @property
@@ -148,11 +177,13 @@ class Student:
         return Student(**fields)
 
     def c_line(self) -> bytes:
-        """mmap_r's line, byte for byte: printf("id=%d\\tname=%s\\t%c\\n")."""
-        _, _, _, name, sex, _ = self._v
-        if len(name) == NAME_SIZE and sex != b"\0":
-            name += sex  # %s runs on past a full name into sex, as in C
-        return b"id=%d\tname=%s\t%c\n" % (self._v[0], name, sex[0])
+        """mmap_r's line, byte for byte: printf("id=%d\\tname=%s\\t%c\\n").
+
+        A name that fills all 20 bytes has no NUL, so C's %s runs on into sex and the
+        padding up to the first NUL; the line does the same with the bytes that were read.
+        """
+        v = self._v
+        return b"id=%d\tname=%s\t%c\n" % (v[0], v[3] + v[6], v[4][0])
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a plain dict (text as str, undecodable bytes as surrogates)."""
@@ -183,7 +214,7 @@ class StudentCodec:
     """The codec of struct STU; the seq lock lives in its three padding bytes."""
 
     size = RECORD_SIZE
-    lock_offsets: Optional[Tuple[int, int]] = (PADDING[0], PADDING[0] + 1)
+    lock_offsets: tuple[int, int] | None = (PADDING[0], PADDING[0] + 1)
     name = "struct STU"
 
     def encode(self, record: Student) -> bytes:

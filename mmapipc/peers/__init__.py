@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Optional, Union
 
 HERE = Path(__file__).resolve().parent
 SOURCES = {"mmap_w": HERE / "mmap_w.c", "mmap_r": HERE / "mmap_r.c"}
@@ -16,7 +15,7 @@ class CompilerError(RuntimeError):
     """The C compiler is missing or failed."""
 
 
-def find_compiler() -> Optional[str]:
+def find_compiler() -> str | None:
     """The system C compiler ($CC, cc, gcc or clang), or None."""
     for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if name and shutil.which(name):
@@ -24,9 +23,7 @@ def find_compiler() -> Optional[str]:
     return None
 
 
-def compile_c(
-    source: Union[str, Path], output: Union[str, Path], cc: Optional[str] = None
-) -> Path:
+def compile_c(source: str | Path, output: str | Path, cc: str | None = None) -> Path:
     """Compile one C file to an executable; CompilerError with the compiler's message."""
     compiler = cc or find_compiler()
     if compiler is None:
@@ -42,7 +39,7 @@ def compile_c(
     return Path(output)
 
 
-def build_peer(name: str, outdir: Union[str, Path], cc: Optional[str] = None) -> Path:
+def build_peer(name: str, outdir: str | Path, cc: str | None = None) -> Path:
     """Compile the C twin 'mmap_w' or 'mmap_r' into outdir and return its path."""
     if name not in SOURCES:
         raise ValueError(f"unknown peer {name!r}; choose from {sorted(SOURCES)}")
