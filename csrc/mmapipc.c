@@ -208,6 +208,7 @@ int mmapipc_open(struct mmapipc_channel *ch, const char *path, int flags)
         goto fail_errno;
     close(fd);
     ch->map = map;
+    ch->size_checked_ns = now_ns();
     ch->have = 0;
     ch->verified = 0;
     ch->stuck_valid = 0;
@@ -251,21 +252,44 @@ static inline int has_seqlock(const struct mmapipc_channel *ch)
     return ch->seq_off >= 0 && ch->marker_off >= 0;
 }
 
+/* The parts of a record outside the lock bytes: at most three [from, to)
+ * spans around the marker byte and the two sequence bytes, wherever they are. */
+struct spans {
+    size_t from[3], to[3];
+    int n;
+};
+
+static inline void field_spans(const struct mmapipc_channel *ch, struct spans *sp)
+{
+    size_t m = (size_t)ch->marker_off, s = (size_t)ch->seq_off;
+    size_t a0 = m < s ? m : s, a1 = m < s ? m + 1 : s + 2;   /* first hole */
+    size_t b0 = m < s ? s : m, b1 = m < s ? s + 2 : m + 1;   /* second hole */
+    size_t at = 0;
+    sp->n = 0;
+    if (a0 > at) {
+        sp->from[sp->n] = at;
+        sp->to[sp->n++] = a0;
+    }
+    at = a1;
+    if (b0 > at) {
+        sp->from[sp->n] = at;
+        sp->to[sp->n++] = b0;
+    }
+    at = b1 > at ? b1 : at;
+    if (ch->size > at) {
+        sp->from[sp->n] = at;
+        sp->to[sp->n++] = ch->size;
+    }
+}
+
 /* Copy a record, leaving the marker and sequence bytes of dst untouched. */
 static inline void copy_fields(const struct mmapipc_channel *ch,
                                unsigned char *dst, const unsigned char *src)
 {
-    size_t lo = (size_t)ch->marker_off;
-    size_t hi = (size_t)ch->seq_off + 2;
-    if (lo > hi) {
-        size_t t = lo;
-        lo = (size_t)ch->seq_off;
-        hi = t + 1;
-    }
-    if (lo > 0)
-        memcpy(dst, src, lo);
-    if (hi < ch->size)
-        memcpy(dst + hi, src + hi, ch->size - hi);
+    struct spans sp;
+    field_spans(ch, &sp);
+    for (int i = 0; i < sp.n; i++)
+        memcpy(dst + sp.from[i], src + sp.from[i], sp.to[i] - sp.from[i]);
 }
 
 static void clear_lock_bytes(const struct mmapipc_channel *ch, unsigned char *rec)
@@ -276,6 +300,9 @@ static void clear_lock_bytes(const struct mmapipc_channel *ch, unsigned char *re
         rec[ch->seq_off + 1] = 0;
     }
 }
+
+static int check_size(struct mmapipc_channel *ch);
+static int size_check_due(struct mmapipc_channel *ch);
 
 int mmapipc_store(struct mmapipc_channel *ch)
 {
@@ -301,17 +328,22 @@ int mmapipc_store(struct mmapipc_channel *ch)
         memcpy(m, ch->src, ch->size);
     }
     GUARD_END(g);
+    if (size_check_due(ch))
+        return check_size(ch);  /* a truncated file would swallow the record */
     return 0;
 }
 
 static inline int same_fields(const struct mmapipc_channel *ch,
                               const unsigned char *a, const unsigned char *b)
 {
+    struct spans sp;
     if (!has_seqlock(ch))
         return memcmp(a, b, ch->size) == 0;
-    size_t lo = (size_t)(ch->marker_off < ch->seq_off ? ch->marker_off : ch->seq_off);
-    size_t hi = (size_t)(ch->marker_off < ch->seq_off ? ch->seq_off + 2 : ch->marker_off + 1);
-    return memcmp(a, b, lo) == 0 && memcmp(a + hi, b + hi, ch->size - hi) == 0;
+    field_spans(ch, &sp);
+    for (int i = 0; i < sp.n; i++)
+        if (memcmp(a + sp.from[i], b + sp.from[i], sp.to[i] - sp.from[i]) != 0)
+            return 0;
+    return 1;
 }
 
 /* Copy until two consecutive copies agree (writers without the seq lock). */
@@ -382,8 +414,10 @@ static int fetch(struct mmapipc_channel *ch, uint16_t *seq_out, int *agreed)
                 ch->verified = 0;
                 return fetch_agreed(ch);
             }
-            if (ch->have && s1 != ch->seq)
-                ch->verified = 1;
+            if (ch->verified == 0)
+                ch->verified = 1;       /* this copy came through the lock */
+            else if (ch->have && s1 != ch->seq)
+                ch->verified = 2;       /* and the sequence moves: a real lock */
             *seq_out = s1;
             *agreed = 0;
             ch->seqlock_reads++;
@@ -414,6 +448,18 @@ static int check_size(struct mmapipc_channel *ch)
     return 0;
 }
 
+/* Through the lock, bytes 0..marker are known to lie inside the file, but a
+ * writer may go on storing into the page of a file truncated under it; so
+ * changes it makes are checked against the size too, at most this often. */
+static int size_check_due(struct mmapipc_channel *ch)
+{
+    int64_t now = now_ns();
+    if (now - ch->size_checked_ns < ch->size_check_ns)
+        return 0;
+    ch->size_checked_ns = now;
+    return 1;
+}
+
 /* Guarded fetch, then compare with the last copy. */
 static int load_guarded(struct mmapipc_channel *ch)
 {
@@ -426,7 +472,7 @@ static int load_guarded(struct mmapipc_channel *ch)
         return MMAPIPC_EOS;
     }
     GUARD_BEGIN(g, ch->map, ch->size);
-    if (ch->have && ch->verified && has_seqlock(ch) &&
+    if (ch->have && ch->verified == 2 && has_seqlock(ch) &&
         ch->map[ch->marker_off] == MMAPIPC_SEQ_MARKER &&
         atomic_load_explicit((_Atomic uint16_t *)(ch->map + ch->seq_off),
                              memory_order_acquire) == ch->seq) {
@@ -438,11 +484,13 @@ static int load_guarded(struct mmapipc_channel *ch)
     if (rc != 0)
         return rc;
     ch->seq = s;
-    if (!agreed)
+    if (agreed)
+        ch->verified = 0;
+    else
         clear_lock_bytes(ch, ch->scratch);  /* ours; a legacy writer's stay as they are */
     if (ch->have && same_fields(ch, ch->scratch, ch->copy))
         return 0;
-    if (agreed && (rc = check_size(ch)) != 0)
+    if ((agreed || size_check_due(ch)) && (rc = check_size(ch)) != 0)
         return rc;
     memcpy(ch->copy, ch->scratch, ch->size);
     ch->have = 1;
@@ -476,7 +524,7 @@ static inline int maybe_changed(const struct mmapipc_channel *ch)
     if (has_seqlock(ch) && m[ch->marker_off] == MMAPIPC_SEQ_MARKER) {
         uint16_t s = atomic_load_explicit((_Atomic uint16_t *)(m + ch->seq_off),
                                           memory_order_relaxed);
-        if (s == ch->seq && ch->verified)
+        if (s == ch->seq && ch->verified == 2)
             return 0;
         if (!(s & 1))
             return 1;

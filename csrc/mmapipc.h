@@ -53,7 +53,8 @@ struct mmapipc_channel {
     unsigned char *copy;      /* reader: last record returned (size bytes) */
     unsigned char *scratch;   /* reader: work buffers (2 * size bytes) */
     int have;                 /* reader: copy holds a record */
-    int verified;             /* reader: the seq has been seen to move */
+    int verified;             /* reader: 0 last copy by agreement, 1 through the
+                                 lock, 2 the lock's sequence has been seen to move */
     int seqlock;              /* writer: keep the sequence lock */
     uint16_t seq;             /* writer: last sequence; reader: seq of copy */
     uint32_t stuck;           /* reader: padding value known to be stuck */
@@ -66,6 +67,8 @@ struct mmapipc_channel {
     int64_t timeout_ns;       /* wait: give up after this long; < 0 never */
     int busy;                 /* wait: spin instead of sleeping */
     int resume;               /* wait: carry on a wait (no spin, longest sleeps) */
+    int64_t size_check_ns;    /* check the file size at most this often */
+    int64_t size_checked_ns;  /* when it was last checked */
     uint64_t seqlock_reads;   /* reader: copies accepted by the seq lock */
     uint64_t fallback_reads;  /* reader: copies accepted by agreement */
 };

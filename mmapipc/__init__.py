@@ -9,13 +9,19 @@ from mmapipc.errors import (
     UnstableRecordError,
     WouldShrinkError,
 )
+from mmapipc.layout import Field, Layout, LayoutCheckError, LayoutError, LayoutRecord
 from mmapipc.loops import read_loop, write_loop
-from mmapipc.mapping import Reader, Writer
+from mmapipc.mapping import Reader, Writer, install_fault_guard
 from mmapipc.record import RECORD_SIZE, Student
 
 __all__ = [
     "RECORD_SIZE",
+    "Field",
     "FileTooShortError",
+    "Layout",
+    "LayoutCheckError",
+    "LayoutError",
+    "LayoutRecord",
     "MmapipcError",
     "MmapipcOSError",
     "NotRegularFileError",
@@ -25,6 +31,7 @@ __all__ = [
     "UnstableRecordError",
     "WouldShrinkError",
     "Writer",
+    "install_fault_guard",
     "read_loop",
     "write_loop",
 ]

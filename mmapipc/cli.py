@@ -1,4 +1,4 @@
-"""The mmapipc command line: write, read, watch, dump and demo.
+"""The mmapipc command line: write, read, watch, dump, layout and demo.
 
 Errors are one line on stderr naming the command, the path and the reason, with a
 non-zero exit status; Ctrl-C and SIGTERM end a loop cleanly.
@@ -10,11 +10,15 @@ import argparse
 import os
 import signal
 import sys
-from typing import Any, NoReturn, Optional, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from mmapipc import loops
 from mmapipc.mapping import Reader
 from mmapipc.record import OFFSETS, PADDING, RECORD_SIZE, Student
+
+if TYPE_CHECKING:
+    from mmapipc.layout import Layout
 
 PROG = "mmapipc"
 EXIT_USAGE = 2
@@ -28,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors."""
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: {message} (see {self.prog} --help)\n")
+        _say(f"{self.prog}: {message} (see {self.prog} --help)")
         sys.exit(EXIT_USAGE)
 
 
@@ -69,33 +73,51 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("write", help="write a record every interval, as mmap_w does")
     w.add_argument("file")
-    w.add_argument("--id", type=_int, default=10, help="first id (default 10)")
-    w.add_argument("--name", default="xiaoming", help="name (default xiaoming)")
-    w.add_argument("--sex", default="m", help="one byte (default m)")
+    w.add_argument("--id", type=_int, default=None, help="first id (default 10)")
+    w.add_argument("--name", default=None, help="name (default xiaoming)")
+    w.add_argument("--sex", default=None, help="one byte (default m)")
     w.add_argument("--interval", type=_seconds, default=1.0, help="seconds (default 1)")
     w.add_argument("--count", type=_count, default=None, help="records (default: forever)")
     w.add_argument("--force", action="store_true", help="shrink a longer existing file")
     w.add_argument("--follow-symlinks", action="store_true", help="open through a symlink")
     w.add_argument("--sync", action="store_true", help="msync after every record")
+    _struct_options(w)
+    w.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="with --struct: a field's value (nested as a.b, an element as a[1],"
+                        " arrays as 1,2,3); repeatable; fields not set are zero")
+    w.add_argument("--increment", metavar="FIELD", default=None,
+                   help="with --struct: the integer field to add 1 to after every record"
+                        " (wrapping at its C range)")
 
     r = sub.add_parser("read", help="print the record every interval, as mmap_r does")
     r.add_argument("file")
     r.add_argument("--interval", type=_seconds, default=2.0, help="seconds (default 2)")
     r.add_argument("--count", type=_count, default=None, help="lines (default: forever)")
-    r.add_argument("--json", action="store_true", help="print JSON Lines")
+    _output_options(r)
     r.add_argument("--wait", action="store_true", help="wait for the file to hold a record")
+    _struct_options(r)
 
     wa = sub.add_parser("watch", help="print the record, then every change once")
     wa.add_argument("file")
     wa.add_argument("--count", type=_count, default=None, help="stop after N lines")
     wa.add_argument("--timeout", type=_seconds, default=None,
                     help="stop after SEC seconds without a change")
-    wa.add_argument("--json", action="store_true", help="print JSON Lines")
+    _output_options(wa)
     wa.add_argument("--wait", action="store_true", help="wait for the file to hold a record")
     wa.add_argument("--busy", action="store_true", help="spin on a core for the lowest latency")
+    _struct_options(wa)
 
     d = sub.add_parser("dump", help="print the record once, decoded and in hex")
     d.add_argument("file")
+    _struct_options(d)
+
+    la = sub.add_parser("layout", help="print how the C compiler lays out a struct")
+    la.add_argument("header", help="C header (or any file) declaring the struct")
+    la.add_argument("struct", help="the struct: 'struct name', its tag, or a typedef name")
+    la.add_argument("--check", action="store_true",
+                    help="compile a probe with the C compiler and compare every offset")
+    la.add_argument("--cc", default=None,
+                    help="C compiler command for --check (default: $CC, cc, gcc or clang)")
 
     de = sub.add_parser("demo", help="show writers and readers talking, C and Python")
     de.add_argument("--seconds", type=_seconds, default=4.0,
@@ -103,25 +125,86 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _struct_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--struct-file", metavar="HEADER", default=None,
+                   help="C header declaring the record's struct (instead of struct STU)")
+    p.add_argument("--struct", metavar="NAME", default=None,
+                   help="the struct in --struct-file: 'struct name', its tag or a typedef")
+
+
+def _output_options(p: argparse.ArgumentParser) -> None:
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print JSON Lines")
+    out.add_argument("--format", metavar="TEMPLATE", default=None,
+                     help="a Python format string over the fields, e.g. '{id} {pos.x}'"
+                          " ({a.b} for a nested field, {a[1]} for an element)")
+
+
+def _layout(args: argparse.Namespace) -> Layout | None:
+    """The layout named by --struct-file/--struct, or None for struct STU."""
+    if args.struct_file is None and args.struct is None:
+        return None
+    if args.struct_file is None:
+        raise ValueError("--struct needs --struct-file HEADER")
+    if args.struct is None:
+        raise ValueError("--struct-file needs --struct NAME")
+    from mmapipc.layout import Layout
+
+    return Layout.from_file(args.struct_file, args.struct)
+
+
+def _formatter(args: argparse.Namespace, layout: Layout | None) -> loops.Formatter:
+    if args.json:
+        return loops.json_line
+    if args.format is not None:
+        sample = layout.zero if layout is not None else loops.DEFAULT_STUDENT
+        return loops.format_line(args.format, sample)
+    return layout.line if layout is not None else loops.c_line
+
+
 def _cmd_write(args: argparse.Namespace) -> int:
-    first = Student(args.id, args.name, args.sex)
+    layout = _layout(args)
+    if layout is None:
+        if args.set or args.increment:
+            raise ValueError("--set and --increment need --struct-file and --struct")
+        first: Any = Student(10 if args.id is None else args.id,
+                             "xiaoming" if args.name is None else args.name,
+                             "m" if args.sex is None else args.sex)
+        loops.write_loop(
+            args.file, first, args.interval, args.count, sync=args.sync,
+            force=args.force, follow_symlinks=args.follow_symlinks,
+        )
+        return 0
+    stu = [f"--{k}" for k in ("id", "name", "sex") if getattr(args, k) is not None]
+    if stu:
+        raise ValueError(f"{', '.join(stu)}: for struct STU only; with --struct use"
+                         " --set FIELD=VALUE")
+    first = layout.from_assignments(args.set)
+    step = layout.incrementer(args.increment) if args.increment else _same
     loops.write_loop(
-        args.file, first, args.interval, args.count, sync=args.sync,
-        force=args.force, follow_symlinks=args.follow_symlinks,
+        args.file, first, args.interval, args.count, step=step, sync=args.sync,
+        force=args.force, follow_symlinks=args.follow_symlinks, layout=layout,
     )
     return 0
 
 
+def _same(record: Any) -> Any:
+    return record
+
+
 def _cmd_read(args: argparse.Namespace) -> int:
-    fmt = loops.json_line if args.json else loops.c_line
-    loops.read_loop(args.file, args.interval, args.count, format=fmt, wait=args.wait)
+    layout = _layout(args)
+    fmt = _formatter(args, layout)
+    loops.read_loop(args.file, args.interval, args.count, format=fmt, wait=args.wait,
+                    layout=layout)
     return 0
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    fmt = loops.json_line if args.json else loops.c_line
+    layout = _layout(args)
+    fmt = _formatter(args, layout)
     loops.watch_loop(args.file, args.count, args.timeout, format=fmt, wait=args.wait,
-                     busy=args.busy)
+                     busy=args.busy, layout=layout)
     return 0
 
 
@@ -137,11 +220,45 @@ def dump_text(record: Student, raw: bytes) -> str:
     return "\n".join(lines) + "\n"
 
 
+def layout_dump_text(layout: Layout, record: Any, raw: bytes) -> bytes:
+    """A record of any layout decoded, then its bytes in hex by member and padding."""
+    rows = [(f.offset, f.size, f.name) for f in layout.leaves]
+    rows += [(off, length, "(padding)") for off, length in layout.padding]
+    rows.sort(key=lambda r: r[0])
+    width = max([len(r[2]) for r in rows] + [5])
+    lines = [layout.line(record).rstrip(b"\n"),
+             f"{'offset':>6}  {'field':<{width}} bytes".encode()]
+    for off, size, name in rows:
+        lines.append(f"{off:>6}  {name:<{width}} {raw[off:off + size].hex(' ')}".encode())
+    lines.append(f"{layout.size:>6}  (size)".encode())
+    return b"\n".join(lines) + b"\n"
+
+
 def _cmd_dump(args: argparse.Namespace) -> int:
-    with Reader(args.file) as reader:
+    layout = _layout(args)
+    reader: Reader[Any] = Reader(args.file, layout=layout)
+    with reader:
         record = reader.read()
         raw = reader.raw_bytes()
+    if layout is not None:
+        loops.emit(sys.stdout, layout_dump_text(layout, record, raw))
+        return 0
     loops.emit(sys.stdout, dump_text(record, raw).encode("utf-8", "surrogateescape"))
+    return 0
+
+
+def _cmd_layout(args: argparse.Namespace) -> int:
+    from mmapipc.layout import Layout
+    from mmapipc.peers import find_compiler
+
+    layout = Layout.from_file(args.header, args.struct)
+    loops.emit(sys.stdout, layout.table().encode("utf-8", "surrogateescape"))
+    if args.check:
+        cc = args.cc or find_compiler()
+        if not cc:
+            raise ValueError("--check needs a C compiler (set CC, or install cc/gcc/clang)")
+        report = layout.check(cc)
+        loops.emit(sys.stdout, f"check: {report}\n".encode())
     return 0
 
 
@@ -156,6 +273,7 @@ COMMANDS = {
     "read": _cmd_read,
     "watch": _cmd_watch,
     "dump": _cmd_dump,
+    "layout": _cmd_layout,
     "demo": _cmd_demo,
 }
 
@@ -165,13 +283,27 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.filename is not None:
+    if isinstance(exc, OSError) and exc.filename:
         reason = exc.strerror or str(exc)
         return f"{exc.filename}: {reason}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
     return str(exc) or type(exc).__name__
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _say(line: str) -> None:
+    """One line on stderr; a path that is not UTF-8 comes out as its own bytes."""
+    data = (line + "\n").encode("utf-8", "surrogateescape")
+    buffer = getattr(sys.stderr, "buffer", None)
+    if buffer is None:
+        sys.stderr.write(data.decode("utf-8", "replace"))
+        return
+    sys.stderr.flush()
+    buffer.write(data)
+    buffer.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     command = f"{PROG} {args.command}"
@@ -189,7 +321,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     except (OSError, ValueError, TypeError) as exc:
-        sys.stderr.write(f"{command}: {_describe(exc)}\n")
+        _say(f"{command}: {_describe(exc)}")
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)

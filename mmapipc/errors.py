@@ -77,6 +77,8 @@ def _size_words(n: int) -> str:
 def core_error(rc: int, path: PathLike | None, record_size: int, file_size: int = -1) -> OSError:
     """Exception for a negative return code of the C core."""
     if rc == lib.MMAPIPC_EOS:
+        if ffi.errno == errno.ENXIO and path is not None and _kind(path) == "is a socket":
+            return NotRegularFileError(errno.ENXIO, "is a socket, not a regular file", path)
         return os_error(path)
     if rc == lib.MMAPIPC_ENOTREG:
         return NotRegularFileError(errno.EINVAL, f"{_kind(path)}, not a regular file", path)

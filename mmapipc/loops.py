@@ -8,14 +8,16 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import IO, Any, Callable, Optional, TypeVar, Union
+from collections.abc import Callable
+from typing import IO, Any, TypeVar, cast
 
 from mmapipc.errors import FileTooShortError, PathLike
+from mmapipc.fields import LayoutRecord, record_fields, record_pairs
 from mmapipc.mapping import Reader, Writer
 from mmapipc.record import INT32_MAX, INT32_MIN, Student
 
 T = TypeVar("T")
-Stream = Union[IO[str], IO[bytes]]
+Stream = IO[str] | IO[bytes]
 Formatter = Callable[[Any], bytes]
 
 DEFAULT_STUDENT = Student(10, "xiaoming", "m")
@@ -28,13 +30,64 @@ def next_student(s: Student) -> Student:
 
 
 def c_line(record: Any) -> bytes:
-    """mmap_r's line for a Student."""
+    """mmap_r's line for a Student; field=value pairs for a record of any layout."""
+    if isinstance(record, LayoutRecord):
+        return field_line(record)
     return bytes(record.c_line())
 
 
+def _plain(record: Any) -> dict[str, Any]:
+    if isinstance(record, LayoutRecord):
+        return LayoutRecord.as_dict(record)  # even if a field is named as_dict
+    result: dict[str, Any] = record.as_dict()
+    return result
+
+
 def json_line(record: Any) -> bytes:
-    """One JSON Lines record."""
-    return (json.dumps(record.as_dict()) + "\n").encode("utf-8")
+    """One JSON Lines record (nested structs as objects, arrays as lists)."""
+    return (json.dumps(_plain(record)) + "\n").encode("utf-8")
+
+
+def field_line(record: Any) -> bytes:
+    """'field=value' pairs separated by tabs: nested as a.b=..., arrays as a=1,2,3."""
+    if isinstance(record, LayoutRecord):
+        pairs = record_pairs(record)
+    else:
+        pairs = [f"{k}={v}" for k, v in record.as_dict().items()]
+    return ("\t".join(pairs) + "\n").encode("utf-8", "surrogateescape")
+
+
+def format_line(template: str, sample: Any = None) -> Formatter:
+    """A formatter from a str.format template over the record's fields: '{id}',
+    '{pos.x}' (a member of a nested struct), '{vals[0]}', '{parts[1].x:.2f}'.
+
+    With a sample record the template is tried on it first, so that a bad template
+    fails with ValueError before any record is read.
+    """
+
+    def fields(record: Any) -> dict[str, Any]:
+        if isinstance(record, LayoutRecord):
+            return record_fields(record)
+        result: dict[str, Any] = record.as_dict()
+        return result
+
+    def fmt(record: Any) -> bytes:
+        return (template.format_map(fields(record)) + "\n").encode("utf-8",
+                                                                   "surrogateescape")
+
+    if sample is not None:
+        try:
+            fmt(sample)
+        except KeyError as e:
+            raise ValueError(f"bad --format {template!r}: unknown field {e.args[0]!r}"
+                             ) from None
+        except AttributeError as e:
+            name = getattr(e, "name", None)
+            what = f"unknown field {name!r}" if name else str(e)
+            raise ValueError(f"bad --format {template!r}: {what}") from None
+        except (IndexError, ValueError, TypeError) as e:
+            raise ValueError(f"bad --format {template!r}: {e}") from None
+    return fmt
 
 
 def emit(out: Stream, data: bytes) -> None:
@@ -46,9 +99,9 @@ def emit(out: Stream, data: bytes) -> None:
         buffer.flush()
         return
     try:
-        out.write(data)  # type: ignore[arg-type]
+        cast("IO[bytes]", out).write(data)
     except TypeError:
-        out.write(data.decode("utf-8", "surrogateescape"))  # type: ignore[arg-type]
+        cast("IO[str]", out).write(data.decode("utf-8", "surrogateescape"))
     out.flush()
 
 
@@ -65,7 +118,7 @@ def write_loop(
     path: PathLike,
     first: Any = DEFAULT_STUDENT,
     interval: float = 1.0,
-    count: Optional[int] = None,
+    count: int | None = None,
     *,
     step: Callable[[Any], Any] = next_student,
     sync: bool = False,
@@ -78,7 +131,8 @@ def write_loop(
     _check_loop_args(interval, count)
     record = first
     last = first
-    with Writer(path, **writer_options) as writer:
+    writer: Writer[Any] = Writer(path, **writer_options)
+    with writer:
         n = 0
         deadline = time.monotonic()
         while count is None or n < count:
@@ -97,10 +151,10 @@ def write_loop(
 def read_loop(
     path: PathLike,
     interval: float = 2.0,
-    count: Optional[int] = None,
-    out: Optional[Stream] = None,
+    count: int | None = None,
+    out: Stream | None = None,
     *,
-    err: Optional[Stream] = None,
+    err: Stream | None = None,
     format: Formatter = c_line,
     wait: bool = False,
     **reader_options: Any,
@@ -114,7 +168,8 @@ def read_loop(
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     printed = 0
-    with Reader(path, wait=wait, **reader_options) as reader:
+    reader: Reader[Any] = Reader(path, wait=wait, **reader_options)
+    with reader:
         deadline = time.monotonic()
         broken = False
         while count is None or printed < count:
@@ -138,9 +193,9 @@ def read_loop(
 
 def watch_loop(
     path: PathLike,
-    count: Optional[int] = None,
-    timeout: Optional[float] = None,
-    out: Optional[Stream] = None,
+    count: int | None = None,
+    timeout: float | None = None,
+    out: Stream | None = None,
     *,
     format: Formatter = c_line,
     wait: bool = False,
@@ -154,7 +209,8 @@ def watch_loop(
         raise ValueError(f"timeout must not be negative, got {timeout}")
     out = sys.stdout if out is None else out
     printed = 0
-    with Reader(path, wait=wait, **reader_options) as reader:
+    reader: Reader[Any] = Reader(path, wait=wait, **reader_options)
+    with reader:
         for record in reader.watch(timeout):
             emit(out, format(record))
             printed += 1
@@ -163,7 +219,7 @@ def watch_loop(
     return printed
 
 
-def _check_loop_args(interval: float, count: Optional[int]) -> None:
+def _check_loop_args(interval: float, count: int | None) -> None:
     if not interval >= 0:
         raise ValueError(f"interval must be a number of seconds >= 0, got {interval}")
     if count is not None and count < 1:

@@ -26,6 +26,9 @@ SLEEP_MIN = 20e-6
 SLEEP_MAX = 250e-6
 # How long a reader waits on a writer that is mid-store before reading by agreement.
 STUCK_WAIT = 0.25
+# How often a writer, and a reader whose record changed through the lock, check that the
+# file was not truncated under them (a stat each time).
+SIZE_CHECK = 0.01
 # How long a reader tries for a stable copy before giving up.
 UNSTABLE_WAIT = 1.0
 # How often Reader(wait=True) looks for its file.
@@ -36,23 +39,44 @@ _WAIT_SLICE_NS = int(WAIT_SLICE * 1e9)
 _ETIMEDOUT = lib.MMAPIPC_ETIMEDOUT
 _EINTR = lib.MMAPIPC_EINTR
 
-_fh_enabled = faulthandler.is_enabled
-_fh_seen: bool | None = None
+# Generation counters: [changes to faulthandler, the change our handler was installed at].
+_guard_gen = [0, -1]
 
 
-def _ensure_guard() -> None:
-    """Keep our SIGBUS handler first in the chain, even if faulthandler toggled since.
+def install_fault_guard() -> None:
+    """Put mmapipc's SIGBUS handler first in the chain (the previous one is chained to).
 
-    faulthandler.enable() puts its handler in front of ours (it would report a guarded
-    fault as fatal) and disable() can restore a chain without ours; so every operation
-    compares faulthandler's state with the one seen at the last install (one cheap call).
+    Called on every open and whenever faulthandler.enable()/disable() ran since the last
+    install: enable() puts faulthandler in front of us (it would report a guarded fault as
+    fatal) and disable() restores a chain without us.  Call it yourself after installing
+    another SIGBUS handler while mappings are open.
     """
-    global _fh_seen
-    state = _fh_enabled()
-    if state is not _fh_seen:
-        if lib.mmapipc_guard_install() != 0:
-            raise core_error(lib.MMAPIPC_EOS, None, 0)
-        _fh_seen = state
+    if lib.mmapipc_guard_install() != 0:
+        raise core_error(lib.MMAPIPC_EOS, None, 0)
+    _guard_gen[1] = _guard_gen[0]
+
+
+def _watch_faulthandler() -> None:
+    """Count calls to faulthandler.enable/disable, so the next operation reinstalls."""
+    for name in ("enable", "disable"):
+        original = getattr(faulthandler, name)
+        if getattr(original, "_mmapipc_counted", False):
+            continue
+
+        def counted(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                _guard_gen[0] += 1
+
+        counted.__name__ = original.__name__
+        counted.__qualname__ = original.__qualname__
+        counted.__doc__ = original.__doc__
+        counted._mmapipc_counted = True  # type: ignore[attr-defined]
+        setattr(faulthandler, name, counted)
+
+
+_watch_faulthandler()
 
 
 def _ns(seconds: float | None) -> int:
@@ -84,11 +108,12 @@ class _Mapping(Generic[T]):
         ch.copy = self._bufs + size
         ch.scratch = self._bufs + 2 * size
         ch.stuck_ns = _ns(STUCK_WAIT)
+        ch.size_check_ns = _ns(SIZE_CHECK)
         ch.unstable_ns = _ns(UNSTABLE_WAIT)
         self._ch = ch
 
     def _open(self, flags: int) -> None:
-        _ensure_guard()
+        install_fault_guard()
         self._cpath = ffi.new("char[]", os.fsencode(self.path))  # the C side keeps it
         rc = lib.mmapipc_open(self._ch, self._cpath, flags)
         if rc != 0:
@@ -192,8 +217,8 @@ class Writer(_Mapping[T]):
 
     def write(self, record: T) -> None:
         """Store the whole record in one guarded copy (under the seq lock)."""
-        if _fh_enabled() is not _fh_seen:
-            _ensure_guard()
+        if _guard_gen[0] != _guard_gen[1]:
+            install_fault_guard()
         self._src[:] = self._encode(record)
         rc = self._store(self._ch)
         if rc:
@@ -203,7 +228,8 @@ class Writer(_Mapping[T]):
         """Store raw record bytes (exactly the record size)."""
         if len(data) != self.codec.size:
             raise ValueError(f"a record is {self.codec.size} bytes, got {len(data)}")
-        _ensure_guard()
+        if _guard_gen[0] != _guard_gen[1]:
+            install_fault_guard()
         self._src[:] = data
         rc = self._store(self._ch)
         if rc != 0:
@@ -312,8 +338,8 @@ class Reader(_Mapping[T]):
 
         An unchanged record comes back as the same object, without decoding again.
         """
-        if _fh_enabled() is not _fh_seen:
-            _ensure_guard()
+        if _guard_gen[0] != _guard_gen[1]:
+            install_fault_guard()
         rc = self._load(self._ch)
         if rc == 0:
             return self._last
@@ -324,7 +350,8 @@ class Reader(_Mapping[T]):
 
     def read_raw(self) -> T:
         """One guarded copy, with no check against tearing (what mmap_r does)."""
-        _ensure_guard()
+        if _guard_gen[0] != _guard_gen[1]:
+            install_fault_guard()
         rc = lib.mmapipc_load_raw(self._ch)
         if rc != 0:
             raise self._error(rc)
@@ -332,7 +359,8 @@ class Reader(_Mapping[T]):
 
     def raw_bytes(self) -> bytes:
         """One guarded copy of the mapped bytes as they are, padding included."""
-        _ensure_guard()
+        if _guard_gen[0] != _guard_gen[1]:
+            install_fault_guard()
         rc = lib.mmapipc_load_raw(self._ch)
         if rc != 0:
             raise self._error(rc)
@@ -349,8 +377,8 @@ class Reader(_Mapping[T]):
         The wait runs in C without the GIL, in slices of WAIT_SLICE seconds so that
         signal handlers (Ctrl-C) run between them.  Raises TimeoutError after timeout.
         """
-        if _fh_enabled() is not _fh_seen:
-            _ensure_guard()
+        if _guard_gen[0] != _guard_gen[1]:
+            install_fault_guard()
         ch = self._ch
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         ch.resume = 0

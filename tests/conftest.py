@@ -8,13 +8,28 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import pytest
 
-from mmapipc.peers import build_peer, compile_c, find_compiler
+ROOT = Path(__file__).resolve().parent.parent
+# The tests exercise the installed package, never the uncompiled source tree: drop the
+# checkout from sys.path (`python -m pytest` puts it there) before importing mmapipc.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
 
-CSRC = Path(__file__).resolve().parent.parent / "csrc"
+from mmapipc.peers import build_peer, compile_c, find_compiler  # noqa: E402
+
+CSRC = ROOT / "csrc"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _outside_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Run from a scratch directory, so child Pythons cannot import the source tree."""
+    old = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    os.environ["PYTHONSAFEPATH"] = "1"
+    yield
+    os.chdir(old)
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +63,7 @@ def build_c(cc: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
     return build
 
 
-Arg = Union[str, bytes, os.PathLike]  # type: ignore[type-arg]
+Arg = str | bytes | os.PathLike[str]
 
 
 def run_cli(

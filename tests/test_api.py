@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import stat
@@ -127,7 +128,7 @@ def test_seqlock_in_the_padding(shared: Path) -> None:
             assert data[:25] == Student(i, "n", "m").to_bytes()[:25]
             seqs.append(seq_of(data))
     assert all(s % 2 == 0 for s in seqs)
-    assert [b - a for a, b in zip(seqs, seqs[1:])] == [2, 2, 2, 2]
+    assert [b - a for a, b in itertools.pairwise(seqs)] == [2, 2, 2, 2]
     with Writer[Student](shared) as w:
         w.write(Student(9, "n", "m"))
     assert seq_of(file_bytes(shared)) == (seqs[-1] + 2) % 65536
