@@ -143,6 +143,42 @@ def test_truncated_under_a_writer(shared: Path) -> None:
         assert r.read() == numbered(4)
 
 
+@pytest.mark.parametrize("size", [10, 24])
+def test_live_writer_keeps_writing_after_truncation(size: int, shared: Path) -> None:
+    """Stores past the end of a file within its page vanish without a fault: the writer
+    and a reader fed through the lock each find out from the file's size, soon."""
+    w = Writer(shared)
+    w.write(numbered(1))
+    r = Reader(shared)
+    assert r.read() == numbered(1)
+    os.truncate(shared, size)
+    n, writer_error, reader_error = 2, None, None
+    deadline = time.monotonic() + PATIENCE
+    while (writer_error is None or reader_error is None) and time.monotonic() < deadline:
+        if writer_error is None:
+            try:
+                w.write(numbered(n))
+            except FileTooShortError as e:
+                writer_error = e
+        if reader_error is None:
+            try:
+                r.read()
+            except FileTooShortError as e:
+                reader_error = e
+        n += 1
+        time.sleep(0.001)
+    assert writer_error is not None, "the writer never noticed the truncation"
+    assert reader_error is not None, "the reader never noticed the truncation"
+    _check_short(writer_error, shared, size)
+    _check_short(reader_error, shared, size)
+    with Writer(shared) as other:  # whole again: both carry on
+        other.write(numbered(n))
+    w.write(numbered(n + 1))
+    assert r.read() == numbered(n + 1)
+    w.close()
+    r.close()
+
+
 def test_truncated_while_reader_waits_in_another_thread(shared: Path) -> None:
     """The guard is per thread: a reader blocked in wait_for_change in a thread gets the error."""
     with Writer(shared) as w:

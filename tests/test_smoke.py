@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from mmapipc._ffi import ffi, lib
@@ -43,3 +44,40 @@ def test_core_round_trip(tmp_path: Path) -> None:
     assert lib.mmapipc_load(r) == 0  # unchanged
     assert lib.mmapipc_close(r) == 0 and lib.mmapipc_close(r) == 0
     assert lib.mmapipc_close(w) == 0
+
+
+class _SeqThenMarker:
+    """struct STU's codec with the lock bytes the other way round: seq at 25-26 would be
+    unaligned, so use a 32-byte record with padding 24..31: seq at 26, marker at 28."""
+
+    size: int = 32
+    lock_offsets: tuple[int, int] | None = (28, 26)
+
+    def encode(self, record: bytes) -> bytes:
+        return record
+
+    def decode(self, data: bytes) -> bytes:
+        return data
+
+
+def test_lock_bytes_in_either_order(tmp_path: Path) -> None:
+    """The core copies around the marker and sequence wherever they lie in the padding."""
+    from mmapipc import Reader, Writer
+
+    codec = _SeqThenMarker()
+    record = bytes(range(1, 25)) + bytes(8)
+    path = tmp_path / "f"
+    with Writer(path, layout=codec) as w, Reader(path, layout=codec) as r:
+        w.write(record)
+        raw = path.read_bytes()
+        assert raw[:24] == record[:24]
+        assert raw[28] == lib.MMAPIPC_SEQ_MARKER
+        seq = int.from_bytes(raw[26:28], sys.byteorder)
+        assert seq % 2 == 0 and seq > 0
+        assert r.read() == record
+        before = r.stats
+        w.write(bytes(range(2, 26)) + bytes(8))
+        assert r.read() == bytes(range(2, 26)) + bytes(8)
+        after = r.stats
+        assert after["seqlock_reads"] > before["seqlock_reads"]
+        assert after["fallback_reads"] == before["fallback_reads"]
