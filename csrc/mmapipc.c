@@ -209,6 +209,8 @@ int mmapipc_open(struct mmapipc_channel *ch, const char *path, int flags)
     close(fd);
     ch->map = map;
     ch->size_checked_ns = now_ns();
+    ch->seen_ns = 0;
+    ch->ngaps = 0;
     ch->have = 0;
     ch->verified = 0;
     ch->stuck_valid = 0;
@@ -547,24 +549,74 @@ static int poll_changed(struct mmapipc_channel *ch)
     return r;
 }
 
+/* The period of a regular writer, from the gaps between the last changes
+ * seen: their minimum, and in *jitter how far they spread; 0 if they spread
+ * more than our own sleeps and a quarter of the period explain (irregular). */
+static int64_t writer_period(const struct mmapipc_channel *ch, int64_t *jitter)
+{
+    int n = ch->ngaps < 8 ? ch->ngaps : 8;
+    int64_t lo, hi, tolerance;
+    if (n < 4)
+        return 0;
+    lo = hi = ch->gaps[0];
+    for (int i = 1; i < n; i++) {
+        if (ch->gaps[i] < lo)
+            lo = ch->gaps[i];
+        if (ch->gaps[i] > hi)
+            hi = ch->gaps[i];
+    }
+    *jitter = hi - lo;
+    tolerance = 2 * ch->sleep_max_ns > lo / 4 ? 2 * ch->sleep_max_ns : lo / 4;
+    return hi - lo <= tolerance && hi - lo < lo / 2 ? lo : 0;
+}
+
+static void note_change(struct mmapipc_channel *ch, int64_t now)
+{
+    if (ch->seen_ns > 0)
+        ch->gaps[ch->ngaps++ % 8] = now - ch->seen_ns;
+    if (ch->ngaps >= 16)
+        ch->ngaps = 8 + ch->ngaps % 8;  /* keep the index small, the history full */
+    ch->seen_ns = now;
+}
+
+/*
+ * Wait for a change: spin a little, then sleep, doubling the sleeps up to a
+ * ceiling.  Against a writer that changes the record at a regular period
+ * (most loops do), nap until just before the next change is due (the
+ * shortest gap seen, less their spread), then poll with the shortest sleeps
+ * until the change is overdue: one long sleep instead of a doubling series,
+ * and the change seen soon after it lands.
+ */
 int mmapipc_wait(struct mmapipc_channel *ch)
 {
     int64_t start = now_ns(), now, sleep = ch->sleep_min_ns, spin = ch->spin_ns;
+    int64_t period = 0, jitter = 0, nap_until = 0, overdue = 0;
     int slack = -1, rc;
-
-    if (ch->resume) {
-        sleep = ch->sleep_max_ns;
-        spin = 0;
-    }
 
     if (ch->map == NULL) {
         errno = EBADF;
         return MMAPIPC_EOS;
     }
+    if (ch->predict && !ch->busy && ch->seen_ns > 0 &&
+        (period = writer_period(ch, &jitter)) > 0) {
+        int64_t margin = jitter > period / 16 ? jitter : period / 16;
+        nap_until = ch->seen_ns + period - margin;
+        overdue = ch->seen_ns + period + margin;
+        if (sleep < margin / 2)
+            sleep = margin / 2;   /* a few polls across the window it may land in */
+        spin = 0;
+    }
+    if (ch->resume) {
+        spin = 0;
+        if (period == 0 || start > overdue)
+            sleep = ch->sleep_max_ns;
+    }
     for (;;) {
         rc = poll_changed(ch);
         if (rc > 0) {
             rc = load_guarded(ch);
+            if (rc == 1)
+                note_change(ch, now_ns());
             if (rc != 0)
                 break;   /* changed (1) or an error */
         } else if (rc < 0) {
@@ -585,12 +637,15 @@ int mmapipc_wait(struct mmapipc_channel *ch)
             if (slack > 1000)
                 prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
         }
-        int64_t left = ch->timeout_ns >= 0 ? ch->timeout_ns - (now - start) : sleep;
-        if (sleep_ns(sleep < left ? sleep : left) != 0) {
+        int64_t want = sleep;
+        if (now < nap_until)
+            want = nap_until - now;          /* the writer is not due yet */
+        int64_t left = ch->timeout_ns >= 0 ? ch->timeout_ns - (now - start) : want;
+        if (sleep_ns(want < left ? want : left) != 0) {
             rc = MMAPIPC_EINTR;
             break;
         }
-        if (sleep < ch->sleep_max_ns) {
+        if (now >= nap_until && now >= overdue && sleep < ch->sleep_max_ns) {
             sleep *= 2;
             if (sleep > ch->sleep_max_ns)
                 sleep = ch->sleep_max_ns;

@@ -67,6 +67,10 @@ struct mmapipc_channel {
     int64_t timeout_ns;       /* wait: give up after this long; < 0 never */
     int busy;                 /* wait: spin instead of sleeping */
     int resume;               /* wait: carry on a wait (no spin, longest sleeps) */
+    int predict;              /* wait: nap through a regular writer's period */
+    int64_t seen_ns;          /* wait: when the last change was seen */
+    int64_t gaps[8];          /* wait: the last gaps between changes seen */
+    int ngaps;                /* wait: how many gaps were recorded */
     int64_t size_check_ns;    /* check the file size at most this often */
     int64_t size_checked_ns;  /* when it was last checked */
     uint64_t seqlock_reads;   /* reader: copies accepted by the seq lock */

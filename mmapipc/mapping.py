@@ -21,7 +21,7 @@ from mmapipc.record import STUDENT, Codec, Student
 T = TypeVar("T")
 
 # Defaults of the adaptive wait (seconds): spin, then sleeps doubling up to the ceiling.
-SPIN = 20e-6
+SPIN = 10e-6
 SLEEP_MIN = 20e-6
 SLEEP_MAX = 250e-6
 # How long a reader waits on a writer that is mid-store before reading by agreement.
@@ -250,8 +250,10 @@ class Reader(_Mapping[T]):
     """Maps path read-only as mmap_r does; read() never returns a torn record from a Writer.
 
     wait=True waits (up to wait_timeout seconds) for the file to exist and hold a record.
-    spin, sleep_min and sleep_max (seconds) tune wait_for_change; busy spins instead of
-    sleeping, for those who give a core to latency.
+    spin, sleep_min and sleep_max (seconds) tune wait_for_change: spin after each change,
+    then sleeps doubling from sleep_min up to sleep_max.  predict naps through the period
+    of a writer that changes the record regularly, then polls at sleep_min until the change
+    is due.  busy spins instead of sleeping, for those who give a core to latency.
     """
 
     _kind = "Reader"
@@ -268,6 +270,7 @@ class Reader(_Mapping[T]):
         sleep_min: float = ...,
         sleep_max: float = ...,
         busy: bool = ...,
+        predict: bool = ...,
     ) -> None: ...
 
     @overload
@@ -282,6 +285,7 @@ class Reader(_Mapping[T]):
         sleep_min: float = ...,
         sleep_max: float = ...,
         busy: bool = ...,
+        predict: bool = ...,
     ) -> None: ...
 
     def __init__(
@@ -295,6 +299,7 @@ class Reader(_Mapping[T]):
         sleep_min: float = SLEEP_MIN,
         sleep_max: float = SLEEP_MAX,
         busy: bool = False,
+        predict: bool = True,
     ) -> None:
         super().__init__(path, cast(Codec[T], layout or STUDENT))
         if not 0 <= sleep_min <= sleep_max or spin < 0:
@@ -304,6 +309,7 @@ class Reader(_Mapping[T]):
         ch.sleep_min_ns = max(1000, _ns(sleep_min))
         ch.sleep_max_ns = max(ch.sleep_min_ns, _ns(sleep_max))
         ch.busy = 1 if busy else 0
+        ch.predict = 1 if predict else 0
         self._copy = ffi.buffer(ch.copy, self.codec.size)
         self._scratch = ffi.buffer(ch.scratch, self.codec.size)
         self._decode = self.codec.decode
