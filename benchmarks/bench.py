@@ -69,7 +69,7 @@ IDIOMS: dict[str, dict[str, str]] = {
         "read changed": "r.read()",
         "read changed (no seq lock)": "r.read()",
         "read unchanged": "r.read()",
-        "change check": "r.read() is last",
+        "change check": "r.changed()",
     },
     "mmap + struct": {
         "write": "mm[0:28] = S.pack(*fields)",
@@ -164,7 +164,7 @@ def micro(tmp: Path, quick: bool) -> dict[str, Any]:
         if seqlock:
             t.add("mmapipc write", "w.write(student)", ns)
             t.add("mmapipc read unchanged", "r.read()", ns)
-            t.add("mmapipc change check", "r.read() is last", ns)
+            t.add("mmapipc change check", "r.changed()", ns)
 
     # stdlib mmap + struct: the record is a tuple of fields ready to pack.
     mm = _plain_file(tmp / "stdlib.bin")

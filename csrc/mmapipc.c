@@ -492,7 +492,11 @@ static int load_guarded(struct mmapipc_channel *ch)
         clear_lock_bytes(ch, ch->scratch);  /* ours; a legacy writer's stay as they are */
     if (ch->have && same_fields(ch, ch->scratch, ch->copy))
         return 0;
-    if ((agreed || size_check_due(ch)) && (rc = check_size(ch)) != 0)
+    /* A non-zero last byte read by agreement proves the file still covers the
+     * whole record (past its end a page reads as zeros); else, and now and
+     * then anyway, ask the file system. */
+    int check = (agreed && ch->scratch[ch->size - 1] == 0) || size_check_due(ch);
+    if (check && (rc = check_size(ch)) != 0)
         return rc;
     memcpy(ch->copy, ch->scratch, ch->size);
     ch->have = 1;
@@ -528,14 +532,27 @@ static inline int maybe_changed(const struct mmapipc_channel *ch)
                                           memory_order_relaxed);
         if (s == ch->seq && ch->verified == 2)
             return 0;
+        if (!(s & 1) && s != ch->seq)
+            return 1;   /* a store completed since */
         if (!(s & 1))
-            return 1;
+            return !same_fields(ch, m, ch->copy);   /* lock not proven: look */
         /* odd: being written, or stuck; a stuck value is read by agreement */
         uint32_t pad = ((uint32_t)m[ch->marker_off] << 16) | s;
         if (!(ch->stuck_valid && ch->stuck == pad))
             return 0;
     }
     return !same_fields(ch, m, ch->copy);
+}
+
+static int poll_changed(struct mmapipc_channel *ch);
+
+int mmapipc_poll(struct mmapipc_channel *ch)
+{
+    if (ch->map == NULL) {
+        errno = EBADF;
+        return MMAPIPC_EOS;
+    }
+    return poll_changed(ch);
 }
 
 static int poll_changed(struct mmapipc_channel *ch)

@@ -96,6 +96,10 @@ int mmapipc_store(struct mmapipc_channel *ch);
 /* Load a stable copy: 1 if it differs from ch->copy (now updated), 0 if not. */
 int mmapipc_load(struct mmapipc_channel *ch);
 
+/* Cheap check: 1 if a load might return a new record (a writer stored since,
+ * or the bytes differ), 0 if it would not. */
+int mmapipc_poll(struct mmapipc_channel *ch);
+
 /* One guarded copy into ch->scratch, as it is: no stability check. */
 int mmapipc_load_raw(struct mmapipc_channel *ch);
 

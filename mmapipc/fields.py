@@ -315,7 +315,7 @@ class TextNode(Node):
 
     def check(self, value: Value, path: str) -> Value:
         raw = _text_bytes(value, path)
-        if b"\0" in raw:
+        if 0 in raw:
             raise ValueError(f"{path} must not contain a NUL byte")
         if len(raw) > self.size - 1:
             raise ValueError(

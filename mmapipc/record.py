@@ -84,7 +84,7 @@ class Student:
         if not INT32_MIN <= id <= INT32_MAX:
             raise ValueError(f"id must be in the int32 range {INT32_MIN}..{INT32_MAX}, got {id}")
         name_b = _encode_text(name, "name")
-        if b"\0" in name_b:
+        if 0 in name_b:
             raise ValueError("name must not contain a NUL byte")
         if len(name_b) > NAME_MAX:
             raise ValueError(
@@ -115,13 +115,12 @@ class Student:
             id_, name_raw, sex_b = _unpack(data)
         except struct.error:
             raise ValueError(f"a record is {RECORD_SIZE} bytes, got {len(data)}") from None
-        nul = name_raw.find(b"\0")
-        if nul < 0:
-            name_b = name_raw
+        name_b = name_raw.rstrip(b"\0")
+        tail = b""
+        if 0 in name_b:  # bytes after the name's first NUL are not part of it
+            name_b = name_b[: name_b.index(b"\0")]
+        elif len(name_b) == NAME_SIZE:  # no NUL: C's %s runs on into sex and the padding
             tail = bytes(data[OFFSETS["sex"] :]).split(b"\0", 1)[0]
-        else:
-            name_b = name_raw[:nul]
-            tail = b""
         # Canonical bytes: the fields as decoded, the name zero-filled, zero padding.
         canonical = _pack(id_, name_b, sex_b)
         self = _new(cls)
@@ -213,6 +212,8 @@ class Student:
 class StudentCodec:
     """The codec of struct STU; the seq lock lives in its three padding bytes."""
 
+    decode = staticmethod(Student.from_bytes)
+
     size = RECORD_SIZE
     lock_offsets: tuple[int, int] | None = (PADDING[0], PADDING[0] + 1)
     name = "struct STU"
@@ -222,8 +223,6 @@ class StudentCodec:
             raise TypeError(f"expected a Student, not {type(record).__name__}")
         return record._v[5]
 
-    def decode(self, data: bytes) -> Student:
-        return Student.from_bytes(data)
 
 
 STUDENT = StudentCodec()

@@ -390,3 +390,33 @@ def test_a_million_reads_and_writes_leave_memory_flat(shared: Path) -> None:
     assert after - before <= 1 << 20, f"resident memory grew by {after - before} bytes"
     peak_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     assert peak_after - peak_before <= 1 << 20, "peak resident memory grew"
+
+
+def test_changed_says_whether_read_would_have_news(tmp_path: Path) -> None:
+    """changed() is one C call: True after a store (the seq lock moved, even for the same
+    fields), False once read() has returned it; a plain writer's same bytes are no news."""
+    path = tmp_path / "changed.bin"
+    with Writer(path) as w, Reader(path) as r:
+        w.write(Student(1, "a", "m"))
+        assert r.changed() is True
+        first = r.read()
+        assert r.changed() is False
+        w.write(Student(2, "b", "f"))
+        assert r.changed() is True
+        assert r.read() == Student(2, "b", "f")
+        assert r.changed() is False
+        last = r.read()
+        w.write(Student(2, "b", "f"))  # the same fields again
+        assert r.changed() is True
+        assert r.read() is last  # ... and read() hands back the same record
+        assert first != last
+    plain = tmp_path / "plain.bin"
+    with Writer(plain, seqlock=False) as w, Reader(plain) as r:
+        w.write(Student(3, "c", "m"))
+        r.read()
+        w.write(Student(3, "c", "m"))
+        assert r.changed() is False
+        w.write(Student(4, "d", "m"))
+        assert r.changed() is True
+    with pytest.raises(ValueError):
+        r.changed()
