@@ -406,7 +406,7 @@ def reader_main(cfg: dict[str, Any]) -> None:
                 idle += 1
         mm.close()
     else:
-        options: dict[str, Any] = {"busy": mode == "busy"}
+        options: dict[str, Any] = {"busy": mode == "busy", "predict": mode != "nopredict"}
         for key in ("spin", "sleep_min", "sleep_max"):
             if key in cfg:
                 options[key] = float(cfg[key])
@@ -501,6 +501,7 @@ def watch_once(exe: Path, tmp: Path, mode: str, seconds: float, rate: float,
 WATCH_LABELS = {
     "default": "Reader.watch() default",
     "busy": "Reader.watch() busy=True",
+    "nopredict": "Reader.watch() predict=False",
     "poll": "stdlib mmap, sleep 0.5 ms between checks",
 }
 
@@ -678,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
         exe = build_writer(tmp)
         watch_res: dict[str, dict[str, Any]] = {}
         if exe is not None:
-            for mode in ("default", "busy", "poll"):
+            for mode in ("default", "busy", "nopredict", "poll"):
                 watch_res[mode] = watch_once(exe, tmp, mode, seconds, args.rate)
             results["watch"] = watch_res
             print(f"\n## Watching a C writer at {args.rate:g} Hz for {seconds:g} s"

@@ -557,13 +557,17 @@ def _padding(root: StructNode) -> tuple[tuple[int, int], ...]:
 
 
 def _lock_offsets(padding: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
-    """(marker, seq): three adjacent padding bytes [marker, seq, seq + 1] with the
-    16-bit seq 2-aligned, as the C core copies around them.  The last such run is
-    preferred (trailing padding, as in struct STU: marker 25, seq 26)."""
+    """(marker, seq): three adjacent padding bytes holding a marker byte and a 2-aligned
+    16-bit seq, either [marker, seq, seq + 1] or [seq, seq + 1, marker].  The last such
+    run is preferred (trailing padding, as in struct STU: marker 25, seq 26)."""
     for off, length in reversed(padding):
-        marker = off if off % 2 == 1 else off + 1
-        if marker + 3 <= off + length:
-            return marker, marker + 1
+        if length < 3:
+            continue
+        if off % 2 == 1:  # marker on the odd byte, seq right after it
+            return off, off + 1
+        if length >= 4:  # the same, one byte in
+            return off + 1, off + 2
+        return off + 2, off  # exactly three from an even byte: seq first, then marker
     return None
 
 

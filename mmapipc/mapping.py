@@ -367,10 +367,10 @@ class Reader(_Mapping[T]):
         """
         if _guard_gen[0] != _guard_gen[1]:
             install_fault_guard()
-        rc = self._poll(self._ch)
+        rc: int = self._poll(self._ch)
         if rc < 0:
             raise self._error(rc)
-        return bool(rc > 0)
+        return rc > 0
 
     def read_raw(self) -> T:
         """One guarded copy, with no check against tearing (what mmap_r does)."""
