@@ -1,5 +1,11 @@
 """The one place the compiled C core is imported."""
 
-from mmapipc._mmapipc_cffi import ffi, lib
+try:
+    from mmapipc._mmapipc_cffi import ffi, lib
+except ImportError as e:  # a source checkout on sys.path, not the built package
+    raise ImportError(
+        "mmapipc's compiled core (mmapipc._mmapipc_cffi) is missing: this is an unbuilt"
+        " source tree; install the package (pip install .) and run from elsewhere"
+    ) from e
 
 __all__ = ["ffi", "lib"]

@@ -45,13 +45,24 @@ def _wait_for_record(path: Path, timeout: float) -> bool:
     return False
 
 
+def _last_line(err: bytes) -> str:
+    """The last line a child said on stderr (its error, not a whole traceback)."""
+    lines = err.decode("utf-8", "replace").strip().splitlines()
+    return lines[-1] if lines else "(nothing on stderr)"
+
+
 def _run(p: Pairing, out: IO[str], lock: threading.Lock) -> None:
-    writer = subprocess.Popen(p.writer, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Children run in the scratch directory with a safe path, so `python -m mmapipc` finds
+    # the installed package even when the demo is started from a source checkout.
+    env = {**os.environ, "PYTHONSAFEPATH": "1"}
+    writer = subprocess.Popen(p.writer, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              cwd=p.path.parent, env=env)
     try:
         if not _wait_for_record(p.path, 5.0):
             p.problems.append("the writer did not create its record")
             return
-        reader = subprocess.Popen(p.reader, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        reader = subprocess.Popen(p.reader, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  cwd=p.path.parent, env=env)
         assert reader.stdout is not None
         for raw_bytes in reader.stdout:  # lines as they come (the C reader's at its exit)
             raw = raw_bytes.decode("utf-8", "backslashreplace").rstrip("\n")
@@ -64,7 +75,7 @@ def _run(p: Pairing, out: IO[str], lock: threading.Lock) -> None:
                     p.output_gone = True
         _, rerr = reader.communicate(timeout=60)
         if reader.returncode != 0:
-            p.problems.append(f"reader exited {reader.returncode}: {rerr.decode()!r}")
+            p.problems.append(f"reader exited {reader.returncode}: {_last_line(rerr)}")
     finally:
         try:
             _, err = writer.communicate(timeout=30)
@@ -72,7 +83,7 @@ def _run(p: Pairing, out: IO[str], lock: threading.Lock) -> None:
             writer.kill()
             _, err = writer.communicate()
         if writer.returncode not in (0, None):
-            p.problems.append(f"writer exited {writer.returncode}: {err.decode()!r}")
+            p.problems.append(f"writer exited {writer.returncode}: {_last_line(err)}")
 
 
 def _pairings(tmp: Path, seconds: float, cdir: Path | None) -> list[Pairing]:
