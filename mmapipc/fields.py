@@ -17,6 +17,8 @@ import struct
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from mmapipc.record import decode_text, encode_text
+
 Value = Any
 Flat = list[Any]  # values for struct.pack, in layout order
 
@@ -254,18 +256,6 @@ class BoolNode(Node):
         return True
 
 
-def _text_bytes(value: Value, path: str) -> bytes:
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape")
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    raise TypeError(f"{path} must be str or bytes, not {_type_name(value)}")
-
-
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
-
-
 class CharNode(Node):
     """A single char: one byte of text; the NUL byte is the empty string."""
 
@@ -277,17 +267,17 @@ class CharNode(Node):
         out.append((offset, "c", 1))
 
     def check(self, value: Value, path: str) -> Value:
-        raw = _text_bytes(value, path)
+        raw = encode_text(value, path)
         if len(raw) > 1:
             raise ValueError(f"{path} must be one byte (a char), got {len(raw)}")
-        return "" if raw in (b"", b"\0") else _text(raw)
+        return "" if raw in (b"", b"\0") else decode_text(raw)
 
     def flatten(self, value: Value, out: Flat) -> None:
         out.append(value.encode("utf-8", "surrogateescape") or b"\0")
 
     def build(self, vals: Sequence[Any], i: int) -> tuple[Value, int]:
         raw = vals[i]
-        return ("" if raw == b"\0" else _text(raw)), i + 1
+        return ("" if raw == b"\0" else decode_text(raw)), i + 1
 
     def zero(self) -> Value:
         return ""
@@ -314,14 +304,14 @@ class TextNode(Node):
         out.append((offset, self.code, self.size))
 
     def check(self, value: Value, path: str) -> Value:
-        raw = _text_bytes(value, path)
+        raw = encode_text(value, path)
         if 0 in raw:
             raise ValueError(f"{path} must not contain a NUL byte")
         if len(raw) > self.size - 1:
             raise ValueError(
                 f"{path} must be at most {self.size - 1} bytes in UTF-8 (the C field is"
                 f" {self.ctype} with its NUL), got {len(raw)}")
-        return value if isinstance(value, str) else _text(raw)
+        return value if isinstance(value, str) else decode_text(raw)
 
     def flatten(self, value: Value, out: Flat) -> None:
         out.append(value.encode("utf-8", "surrogateescape"))
@@ -329,7 +319,7 @@ class TextNode(Node):
     def build(self, vals: Sequence[Any], i: int) -> tuple[Value, int]:
         raw: bytes = vals[i]
         nul = raw.find(b"\0")
-        return _text(raw if nul < 0 else raw[:nul]), i + 1
+        return decode_text(raw if nul < 0 else raw[:nul]), i + 1
 
     def zero(self) -> Value:
         return ""

@@ -50,7 +50,8 @@ class Codec(Protocol[T]):
     def decode(self, data: bytes) -> T: ...
 
 
-def _encode_text(value: str | bytes, field: str) -> bytes:
+def encode_text(value: str | bytes, field: str) -> bytes:
+    """Text as C bytes: UTF-8, with undecodable bytes (surrogates) given back as they were."""
     if isinstance(value, str):
         return value.encode("utf-8", "surrogateescape")
     if isinstance(value, (bytes, bytearray)):
@@ -58,7 +59,8 @@ def _encode_text(value: str | bytes, field: str) -> bytes:
     raise TypeError(f"{field} must be str or bytes, not {type(value).__name__}")
 
 
-def _decode_text(raw: bytes) -> str:
+def decode_text(raw: bytes) -> str:
+    """C bytes as text, losslessly: bytes that are not UTF-8 become surrogates."""
     return raw.decode("utf-8", "surrogateescape")
 
 
@@ -83,7 +85,7 @@ class Student:
             raise TypeError(f"id must be an int, not {type(id).__name__}")
         if not INT32_MIN <= id <= INT32_MAX:
             raise ValueError(f"id must be in the int32 range {INT32_MIN}..{INT32_MAX}, got {id}")
-        name_b = _encode_text(name, "name")
+        name_b = encode_text(name, "name")
         if 0 in name_b:
             raise ValueError("name must not contain a NUL byte")
         if len(name_b) > NAME_MAX:
@@ -91,7 +93,7 @@ class Student:
                 f"name must be at most {NAME_MAX} bytes in UTF-8 (the C field is"
                 f" {NAME_SIZE} with its NUL), got {len(name_b)}"
             )
-        sex_b = _encode_text(sex, "sex")
+        sex_b = encode_text(sex, "sex")
         if len(sex_b) != 1:
             raise ValueError(f"sex must be exactly one byte, got {len(sex_b)}")
         _setattr(
@@ -99,8 +101,8 @@ class Student:
             "_v",
             (
                 id,
-                _decode_text(name_b),
-                _decode_text(sex_b),
+                decode_text(name_b),
+                decode_text(sex_b),
                 name_b,
                 sex_b,
                 _pack(id, name_b, sex_b),

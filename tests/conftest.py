@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,23 @@ def assert_clean_error(proc: subprocess.CompletedProcess[bytes], *needles: str) 
     for needle in needles:
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
     return lines[0]
+
+
+def read_line(proc: subprocess.Popen[bytes], timeout: float = 20) -> bytes:
+    """One line from proc's stdout pipe as soon as it is written (no waiting for exit)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    data = b""
+    deadline = time.monotonic() + timeout
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        assert left > 0, f"no complete line within {timeout} s, got {data!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 1)
+            assert chunk, f"stdout closed after {data!r}; status {proc.wait()}"
+            data += chunk
+    return data
 
 
 @pytest.fixture()

@@ -6,7 +6,6 @@ import errno
 import json
 import os
 import re
-import select
 import shutil
 import signal
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, read_line, run_cli
 
 from mmapipc import Student, Writer
 
@@ -63,23 +62,6 @@ def start(*args: Any) -> subprocess.Popen[bytes]:
         [sys.executable, "-m", "mmapipc", *args], stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, cwd=TMP, preexec_fn=_default_signals, env=env,
     )
-
-
-def read_line(proc: subprocess.Popen[bytes], timeout: float = 20) -> bytes:
-    """One line from proc's stdout pipe as soon as it is written (no waiting for exit)."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    data = b""
-    deadline = time.monotonic() + timeout
-    while not data.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        assert left > 0, f"no complete line within {timeout} s, got {data!r}"
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            chunk = os.read(fd, 1)
-            assert chunk, f"stdout closed after {data!r}; status {proc.wait()}"
-            data += chunk
-    return data
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20) -> None:

@@ -7,16 +7,14 @@ matched by id (never by position), since the processes are not in lockstep.
 from __future__ import annotations
 
 import json
-import os
 import re
-import select
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import start_cli
+from conftest import read_line, start_cli
 
 from mmapipc import Reader, Student, Writer
 
@@ -68,22 +66,6 @@ def wait_for_record(path: Path, sex: bytes, timeout: float = 20) -> None:
         time.sleep(0.01)
 
 
-def first_line(proc: subprocess.Popen[bytes], timeout: float = 20) -> bytes:
-    """Read one line from a running process's stdout pipe, without waiting for its exit."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    data = b""
-    deadline = time.monotonic() + timeout
-    while not data.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        assert left > 0, f"no line within {timeout} s: {data!r}"
-        if select.select([fd], [], [], left)[0]:
-            chunk = os.read(fd, 1)
-            assert chunk, f"stdout closed after {data!r}"
-            data += chunk
-    return data
-
-
 def finish(proc: subprocess.Popen[bytes], timeout: float = 30) -> bytes:
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, (proc.args, proc.returncode, err)
@@ -133,7 +115,7 @@ def test_c_writer_read_by_cli_and_by_c_reader(
     wait_for_record(shared, b"f")
     py = start_cli("read", shared, "--interval", "0.05", "--count", "20")
     procs.append(py)
-    head = first_line(py)  # the Python reader is running: start the C one beside it
+    head = read_line(py)  # the Python reader is running: start the C one beside it
     c = c_reader(peers, shared, count=10, interval_ms=50)
     procs.append(c)
     c_out = finish(c)
@@ -197,7 +179,7 @@ def test_cli_writer_read_by_c_reader_and_by_cli(
     wait_for_record(shared, b"w")
     py = start_cli("read", shared, "--interval", "0.05", "--count", "20")
     procs.append(py)
-    head = first_line(py)
+    head = read_line(py)
     c = c_reader(peers, shared, count=10, interval_ms=50)
     procs.append(c)
     c_out = finish(c)
