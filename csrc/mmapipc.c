@@ -566,6 +566,10 @@ static int poll_changed(struct mmapipc_channel *ch)
     return r;
 }
 
+/* The longest single nap: bounds how late an early change of a regular
+ * writer can be seen. */
+#define NAP_MAX_NS 20000000
+
 /* The period of a regular writer, from the gaps between the last changes
  * seen: their minimum, and in *jitter how far they spread; 0 if they spread
  * more than our own sleeps and a quarter of the period explain (irregular). */
@@ -619,8 +623,9 @@ int mmapipc_wait(struct mmapipc_channel *ch)
         int64_t margin = jitter > period / 16 ? jitter : period / 16;
         nap_until = ch->seen_ns + period - margin;
         overdue = ch->seen_ns + period + margin;
-        if (sleep < margin / 2)
-            sleep = margin / 2;   /* a few polls across the window it may land in */
+        if (sleep < margin / 2)   /* a few polls across the window it may land in, */
+            sleep = margin / 2 < ch->sleep_max_ns ? margin / 2 : ch->sleep_max_ns;
+                                  /* never apart by more than the ceiling */
         spin = 0;
     }
     if (ch->resume) {
@@ -655,8 +660,11 @@ int mmapipc_wait(struct mmapipc_channel *ch)
                 prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
         }
         int64_t want = sleep;
-        if (now < nap_until)
-            want = nap_until - now;          /* the writer is not due yet */
+        if (now < nap_until) {               /* the writer is not due yet: nap, but */
+            want = nap_until - now;          /* not so long that an early change */
+            if (want > NAP_MAX_NS)           /* would wait for the whole period */
+                want = NAP_MAX_NS;
+        }
         int64_t left = ch->timeout_ns >= 0 ? ch->timeout_ns - (now - start) : want;
         if (sleep_ns(want < left ? want : left) != 0) {
             rc = MMAPIPC_EINTR;

@@ -420,3 +420,29 @@ def test_changed_says_whether_read_would_have_news(tmp_path: Path) -> None:
         assert r.changed() is True
     with pytest.raises(ValueError):
         r.changed()
+
+
+def test_a_learnt_period_does_not_hide_an_early_or_late_change(shared: Path) -> None:
+    """After a writer has kept a steady period (the wait learns it and naps), changes that
+    come early, late or irregularly are still each seen once, in order."""
+    fresh(shared, numbered(0, "start"))
+    steady = [0.02] * 12
+    irregular = [0.004, 0.06, 0.007, 0.045, 0.002 + 0.03, 0.09]
+    gaps = steady + irregular
+    records = [numbered(i) for i in range(1, len(gaps) + 1)]
+
+    def run() -> None:
+        with Writer[Student](shared) as w:
+            for gap, s in zip(gaps, records, strict=True):
+                time.sleep(gap)
+                w.write(s)
+
+    with Reader[Student](shared) as r:
+        feed = r.watch(timeout=PATIENCE)
+        assert next(feed) == numbered(0, "start")
+        writer = threading.Thread(target=run, daemon=True)
+        writer.start()
+        got = collect(feed, len(gaps))
+        writer.join(PATIENCE)
+        assert got == records
+        assert r._ch.ngaps >= 8  # the period was learnt along the way
