@@ -303,8 +303,33 @@ static void clear_lock_bytes(const struct mmapipc_channel *ch, unsigned char *re
     }
 }
 
-static int check_size(struct mmapipc_channel *ch);
-static int size_check_due(struct mmapipc_channel *ch);
+/* Is the mapped file still long enough?  Bytes past its end read as zeros
+ * without a fault when they share a page with bytes before it, so a copy
+ * that changed without the seq lock's word is checked against the size. */
+static int check_size(struct mmapipc_channel *ch)
+{
+    struct stat st;
+    if (ch->path == NULL || stat(ch->path, &st) != 0)
+        return 0;   /* gone or unreadable: the mapping itself still holds */
+    if ((uint64_t)st.st_dev != ch->dev || (uint64_t)st.st_ino != ch->ino)
+        return 0;   /* replaced: nothing to say about our file */
+    ch->file_size = (int64_t)st.st_size;
+    if ((size_t)st.st_size < ch->size)
+        return MMAPIPC_ESHORT;
+    return 0;
+}
+
+/* Through the lock, bytes 0..marker are known to lie inside the file, but a
+ * writer may go on storing into the page of a file truncated under it; so
+ * changes it makes are checked against the size too, at most this often. */
+static int size_check_due(struct mmapipc_channel *ch)
+{
+    int64_t now = now_ns();
+    if (now - ch->size_checked_ns < ch->size_check_ns)
+        return 0;
+    ch->size_checked_ns = now;
+    return 1;
+}
 
 int mmapipc_store(struct mmapipc_channel *ch)
 {
@@ -412,7 +437,8 @@ static int fetch(struct mmapipc_channel *ch, uint16_t *seq_out, int *agreed)
             ch->stuck_valid = 0;
             if (ch->have && s1 == ch->seq && !same_fields(ch, ch->scratch, ch->copy)) {
                 /* The fields changed but the sequence did not: this writer
-                 * keeps no seq lock (garbage padding), so confirm by agreement. */
+                 * keeps no seq lock (garbage padding), so confirm by agreement
+                 * (and stop trusting the lock now, even if agreement fails). */
                 ch->verified = 0;
                 return fetch_agreed(ch);
             }
@@ -432,34 +458,6 @@ static int fetch(struct mmapipc_channel *ch, uint16_t *seq_out, int *agreed)
                 return MMAPIPC_EUNSTABLE;
         }
     }
-}
-
-/* Is the mapped file still long enough?  Bytes past its end read as zeros
- * without a fault when they share a page with bytes before it, so a copy
- * that changed without the seq lock's word is checked against the size. */
-static int check_size(struct mmapipc_channel *ch)
-{
-    struct stat st;
-    if (ch->path == NULL || stat(ch->path, &st) != 0)
-        return 0;   /* gone or unreadable: the mapping itself still holds */
-    if ((uint64_t)st.st_dev != ch->dev || (uint64_t)st.st_ino != ch->ino)
-        return 0;   /* replaced: nothing to say about our file */
-    ch->file_size = (int64_t)st.st_size;
-    if ((size_t)st.st_size < ch->size)
-        return MMAPIPC_ESHORT;
-    return 0;
-}
-
-/* Through the lock, bytes 0..marker are known to lie inside the file, but a
- * writer may go on storing into the page of a file truncated under it; so
- * changes it makes are checked against the size too, at most this often. */
-static int size_check_due(struct mmapipc_channel *ch)
-{
-    int64_t now = now_ns();
-    if (now - ch->size_checked_ns < ch->size_check_ns)
-        return 0;
-    ch->size_checked_ns = now;
-    return 1;
 }
 
 /* Guarded fetch, then compare with the last copy. */
@@ -544,17 +542,6 @@ static inline int maybe_changed(const struct mmapipc_channel *ch)
     return !same_fields(ch, m, ch->copy);
 }
 
-static int poll_changed(struct mmapipc_channel *ch);
-
-int mmapipc_poll(struct mmapipc_channel *ch)
-{
-    if (ch->map == NULL) {
-        errno = EBADF;
-        return MMAPIPC_EOS;
-    }
-    return poll_changed(ch);
-}
-
 static int poll_changed(struct mmapipc_channel *ch)
 {
     struct guard g;
@@ -564,6 +551,15 @@ static int poll_changed(struct mmapipc_channel *ch)
     r = maybe_changed(ch);
     GUARD_END(g);
     return r;
+}
+
+int mmapipc_poll(struct mmapipc_channel *ch)
+{
+    if (ch->map == NULL) {
+        errno = EBADF;
+        return MMAPIPC_EOS;
+    }
+    return poll_changed(ch);
 }
 
 /* The longest single nap: bounds how late an early change of a regular
@@ -670,7 +666,7 @@ int mmapipc_wait(struct mmapipc_channel *ch)
             rc = MMAPIPC_EINTR;
             break;
         }
-        if (now >= nap_until && now >= overdue && sleep < ch->sleep_max_ns) {
+        if (now >= overdue && sleep < ch->sleep_max_ns) {  /* overdue >= nap_until */
             sleep *= 2;
             if (sleep > ch->sleep_max_ns)
                 sleep = ch->sleep_max_ns;

@@ -293,14 +293,7 @@ def _describe(exc: BaseException) -> str:
 
 def _say(line: str) -> None:
     """One line on stderr; a path that is not UTF-8 comes out as its own bytes."""
-    data = (line + "\n").encode("utf-8", "surrogateescape")
-    buffer = getattr(sys.stderr, "buffer", None)
-    if buffer is None:
-        sys.stderr.write(data.decode("utf-8", "replace"))
-        return
-    sys.stderr.flush()
-    buffer.write(data)
-    buffer.flush()
+    loops.emit(sys.stderr, (line + "\n").encode("utf-8", "surrogateescape"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -66,10 +66,7 @@ def format_line(template: str, sample: Any = None) -> Formatter:
     """
 
     def fields(record: Any) -> dict[str, Any]:
-        if isinstance(record, LayoutRecord):
-            return record_fields(record)
-        result: dict[str, Any] = record.as_dict()
-        return result
+        return record_fields(record) if isinstance(record, LayoutRecord) else _plain(record)
 
     def fmt(record: Any) -> bytes:
         return (template.format_map(fields(record)) + "\n").encode("utf-8",

@@ -7,6 +7,7 @@ the record's padding; a Reader uses it to never return a torn record.
 
 from __future__ import annotations
 
+import errno
 import faulthandler
 import os
 import time
@@ -120,7 +121,7 @@ class _Mapping(Generic[T]):
             raise self._error(rc)
 
     def _error(self, rc: int) -> Exception:
-        if self._ch.map == ffi.NULL and rc == lib.MMAPIPC_EOS and ffi.errno == 9:
+        if self._ch.map == ffi.NULL and rc == lib.MMAPIPC_EOS and ffi.errno == errno.EBADF:
             return ValueError(f"I/O operation on a closed {self._kind}")
         return core_error(rc, self.path, self.codec.size, self._ch.file_size)
 
@@ -208,7 +209,7 @@ class Writer(_Mapping[T]):
         try:
             self._open(flags)
         except OSError as e:
-            if e.errno == 40 and not follow_symlinks and os.path.islink(self.path):
+            if e.errno == errno.ELOOP and not follow_symlinks and os.path.islink(self.path):
                 raise SymlinkError(
                     e.errno,
                     "is a symlink; not followed unless follow_symlinks=True (--follow-symlinks)",
@@ -256,8 +257,9 @@ class Reader(_Mapping[T]):
     wait=True waits (up to wait_timeout seconds) for the file to exist and hold a record.
     spin, sleep_min and sleep_max (seconds) tune wait_for_change: spin after each change,
     then sleeps doubling from sleep_min up to sleep_max.  predict naps through the period
-    of a writer that changes the record regularly, then polls at sleep_min until the change
-    is due.  busy spins instead of sleeping, for those who give a core to latency.
+    of a writer that changes the record regularly (20 ms at a time), then polls, never
+    further apart than sleep_max, until the change is overdue.  busy spins instead of
+    sleeping, for those who give a core to latency.
     """
 
     _kind = "Reader"
@@ -323,7 +325,8 @@ class Reader(_Mapping[T]):
             self._open_when_ready(wait_timeout)
         else:
             self._open(0)
-        self._last: T = self._fresh()
+        self._last: T
+        self.read()  # the record at open: what wait_for_change compares against
 
     def _open_when_ready(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -335,14 +338,6 @@ class Reader(_Mapping[T]):
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
             time.sleep(OPEN_POLL)
-
-    def _fresh(self) -> T:
-        rc = self._load(self._ch)
-        if rc < 0:
-            raise self._error(rc)
-        if rc == 1:
-            self._last = self._decode(self._copy[:])
-        return self._last
 
     def read(self) -> T:
         """The current record, copied whole and checked against tearing.
@@ -374,12 +369,7 @@ class Reader(_Mapping[T]):
 
     def read_raw(self) -> T:
         """One guarded copy, with no check against tearing (what mmap_r does)."""
-        if _guard_gen[0] != _guard_gen[1]:
-            install_fault_guard()
-        rc = lib.mmapipc_load_raw(self._ch)
-        if rc != 0:
-            raise self._error(rc)
-        return self._decode(self._scratch[:])
+        return self._decode(self.raw_bytes())
 
     def raw_bytes(self) -> bytes:
         """One guarded copy of the mapped bytes as they are, padding included."""

@@ -42,6 +42,16 @@ with Writer(sys.argv[1]) as w:
             write(r)
 """
 
+# The records of numbered(), built in C (the same in every C writer below).
+FILL_TABLE = rf"""    for (int n = 0; n < {PERIOD}; n++) {{
+        static const char tail[] = "abcdefghijklm";
+        memset(&table[n], 0, sizeof table[n]);
+        table[n].id = n;
+        snprintf(table[n].name, sizeof table[n].name, "n%05d%.*s", n % 100000, n % 14, tail);
+        table[n].sex = "mf"[n % 2];
+    }}
+"""
+
 C_WRITER = rf"""
 #include <fcntl.h>
 #include <stdatomic.h>
@@ -58,14 +68,7 @@ int main(int argc, char **argv)
 {{
     if (argc != 2)
         return 2;
-    for (int n = 0; n < {PERIOD}; n++) {{
-        static const char tail[] = "abcdefghijklm";
-        memset(&table[n], 0, sizeof table[n]);
-        table[n].id = n;
-        snprintf(table[n].name, sizeof table[n].name, "n%05d%.*s", n % 100000, n % 14, tail);
-        table[n].sex = "mf"[n % 2];
-    }}
-    int fd = open(argv[1], O_RDWR | O_CREAT, 0664);
+{FILL_TABLE}    int fd = open(argv[1], O_RDWR | O_CREAT, 0664);
     if (fd < 0 || ftruncate(fd, sizeof(struct STU)) != 0)
         return 3;
     struct STU *mm = mmap(NULL, sizeof(struct STU), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -96,14 +99,7 @@ int main(int argc, char **argv)
 {{
     if (argc != 2)
         return 2;
-    for (int n = 0; n < {PERIOD}; n++) {{
-        static const char tail[] = "abcdefghijklm";
-        memset(&table[n], 0, sizeof table[n]);
-        table[n].id = n;
-        snprintf(table[n].name, sizeof table[n].name, "n%05d%.*s", n % 100000, n % 14, tail);
-        table[n].sex = "mf"[n % 2];
-    }}
-    struct mmapipc_channel ch;
+{FILL_TABLE}    struct mmapipc_channel ch;
     memset(&ch, 0, sizeof ch);
     ch.size = sizeof(struct STU);
     ch.marker_off = 25;
