@@ -169,6 +169,7 @@ def read_loop(
     with reader:
         deadline = time.monotonic()
         broken = False
+        followed = 0
         while count is None or printed < count:
             try:
                 record = reader.read()
@@ -180,6 +181,7 @@ def read_loop(
                 if broken:
                     emit(err, f"{path}: record is readable again\n".encode())
                     broken = False
+                followed = _say_if_followed(reader, followed, err)
                 emit(out, format(record))
                 printed += 1
                 if count is not None and printed >= count:
@@ -194,26 +196,38 @@ def watch_loop(
     timeout: float | None = None,
     out: Stream | None = None,
     *,
+    err: Stream | None = None,
     format: Formatter = c_line,
     wait: bool = False,
     **reader_options: Any,
 ) -> int:
     """Print the current record, then every change once; stop after count lines or after
-    timeout seconds with no change.  Returns the lines printed."""
+    timeout seconds with no change.  A replaced file is followed and said once on err.
+    Returns the lines printed."""
     if count is not None and count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must not be negative, got {timeout}")
     out = sys.stdout if out is None else out
-    printed = 0
+    err = sys.stderr if err is None else err
+    printed = followed = 0
     reader: Reader[Any] = Reader(path, wait=wait, **reader_options)
     with reader:
         for record in reader.watch(timeout):
+            followed = _say_if_followed(reader, followed, err)
             emit(out, format(record))
             printed += 1
             if count is not None and printed >= count:
                 break
     return printed
+
+
+def _say_if_followed(reader: Reader[Any], followed: int, err: Stream) -> int:
+    """Say once on err that the reader followed its path to a new file."""
+    now = reader.reopened
+    if now != followed:
+        emit(err, f"{reader.path}: file was replaced; reading the new one\n".encode())
+    return now
 
 
 def _check_loop_args(interval: float, count: int | None) -> None:
