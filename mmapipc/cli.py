@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from mmapipc import __version__, loops
+from mmapipc.errors import not_regular
 from mmapipc.mapping import Reader
 from mmapipc.record import OFFSETS, PADDING, RECORD_SIZE, Student
 
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 
 PROG = "mmapipc"
 EXIT_USAGE = 2
+MAX_HEADER_BYTES = 256 << 20  # room for an object file with debug information too
 
 
 class _Terminated(Exception):
@@ -179,7 +182,19 @@ def _layout(args: argparse.Namespace) -> Layout | None:
         raise ValueError("--struct-file needs --struct NAME")
     from mmapipc.layout import Layout
 
+    _check_header(args.struct_file)
     return Layout.from_file(args.struct_file, args.struct)
+
+
+def _check_header(path: str) -> None:
+    """A header must be a regular file of a sane size: reading /dev/zero or a FIFO would
+    never end, or end only when memory does."""
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise not_regular(path)
+    if info.st_size > MAX_HEADER_BYTES:
+        raise ValueError(f"{path}: {info.st_size} bytes, more than the"
+                         f" {MAX_HEADER_BYTES >> 20} MiB read for a struct declaration")
 
 
 def _formatter(args: argparse.Namespace, layout: Layout | None) -> loops.Formatter:
@@ -280,6 +295,7 @@ def _cmd_layout(args: argparse.Namespace) -> int:
     from mmapipc.layout import Layout
     from mmapipc.peers import CompilerError, find_compiler
 
+    _check_header(args.header)
     layout = Layout.from_file(args.header, args.struct)
     loops.emit(sys.stdout, layout.table().encode("utf-8", "surrogateescape"))
     if args.check:

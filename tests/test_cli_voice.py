@@ -112,3 +112,23 @@ def test_read_and_watch_ride_out_a_truncation_alike(
     assert line == back.c_line()
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=20) == 128 + signal.SIGTERM
+
+
+@pytest.mark.parametrize("kind", ["zero", "fifo", "dir", "huge", "missing"])
+def test_a_header_that_is_no_file_to_read_is_one_line(kind: str, tmp_path: Path) -> None:
+    """/dev/zero, a FIFO or a huge sparse file would never finish reading (or end when
+    memory does): each is refused before it is read, by `layout` and by --struct-file."""
+    path = tmp_path / "h"
+    if kind == "zero":
+        path = Path("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dir":
+        path.mkdir()
+    elif kind == "huge":
+        with open(path, "wb") as f:
+            f.truncate(1 << 40)
+    for args in (("layout", path, "x"),
+                 ("read", tmp_path / "F", "--struct-file", path, "--struct", "x")):
+        line = assert_clean_error(run_cli(*args, timeout=20))
+        assert line.startswith(f"mmapipc {args[0]}: {path}: "), line
