@@ -43,9 +43,12 @@ class _Parser(argparse.ArgumentParser):
     ) -> argparse.Namespace:
         """As argparse's, but an unknown option is reported by its command's parser."""
         parsed, rest = self.parse_known_args(args, namespace)
+        commands = self._commands
+        name = getattr(parsed, "command", None)
         if rest:
-            command = self._commands.get(getattr(parsed, "command", None) or "", self)
-            command.error(f"unrecognized arguments: {' '.join(rest)}")
+            commands.get(name or "", self).error(f"unrecognized arguments: {' '.join(rest)}")
+        if commands and name is None:
+            self.error("the following arguments are required: COMMAND")
         return parsed
 
     @property
@@ -94,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
+    sub.required = False  # checked after unknown options, which are named first
 
     w = sub.add_parser("write", help="write a record every interval, as mmap_w does")
     w.add_argument("file", metavar="FILE",

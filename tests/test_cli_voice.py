@@ -132,3 +132,10 @@ def test_a_header_that_is_no_file_to_read_is_one_line(kind: str, tmp_path: Path)
                  ("read", tmp_path / "F", "--struct-file", path, "--struct", "x")):
         line = assert_clean_error(run_cli(*args, timeout=20))
         assert line.startswith(f"mmapipc {args[0]}: {path}: "), line
+
+
+def test_an_unknown_option_before_any_command_is_named() -> None:
+    line = assert_clean_error(run_cli("--bogus"))
+    assert line.startswith("mmapipc: unrecognized arguments: --bogus"), line
+    line = assert_clean_error(run_cli())
+    assert line.startswith("mmapipc: the following arguments are required: COMMAND"), line
