@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     de = sub.add_parser("demo", help="show writers and readers talking, C and Python")
     de.add_argument("--seconds", type=_seconds, metavar="SEC", default=4.0,
-                    help="how long each pairing runs (default 4)")
+                    help="how long the pairs run once every reader has printed (default 4)")
     return parser
 
 
