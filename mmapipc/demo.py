@@ -73,7 +73,10 @@ def _output_for(c_reader: bool) -> tuple[int, int]:
     """(our end, the child's stdout) of a pseudo-terminal for a C reader, a pipe otherwise."""
     if not c_reader:
         return os.pipe()
-    ours, theirs = pty.openpty()
+    try:
+        ours, theirs = pty.openpty()
+    except OSError:  # no pseudo-terminals here: a pipe, and the C lines come at its exit
+        return os.pipe()
     attrs = termios.tcgetattr(theirs)
     attrs[1] &= ~termios.OPOST  # no "\n" -> "\r\n": the bytes as the program wrote them
     termios.tcsetattr(theirs, termios.TCSANOW, attrs)
