@@ -24,23 +24,34 @@ def _start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[by
 
 def _header(p: subprocess.Popen[bytes]) -> Path:
     """Read the three header lines; return the demo's scratch directory."""
-    head = b"".join(read_line(p) for _ in range(3)).decode()
+    head = b"".join(read_line(p, timeout=60) for _ in range(3)).decode()
     found = re.search(r"files in (\S+)\)", head)
     assert found, head
     return Path(found.group(1))
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _children(pid: int) -> dict[int, str]:
+    """The children of pid, each with its start time (to tell it from a reused pid)."""
+    kids = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(entry.name))
+            fields = _stat(int(entry.name))
+            if fields and int(fields[1]) == pid:
+                kids[int(entry.name)] = fields[19]
     return kids
+
+
+def _running(pid: int, started: str) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[19] == started and fields[0] != "Z"
 
 
 def test_c_and_python_lines_arrive_live_with_side_and_time(cc: str) -> None:
@@ -51,7 +62,7 @@ def test_c_and_python_lines_arrive_live_with_side_and_time(cc: str) -> None:
         _header(p)
         seen: dict[str, list[str]] = {}
         while any(len(seen.get(label, [])) < 2 for label in LABELS):
-            line = read_line(p).decode()
+            line = read_line(p, timeout=60).decode()
             m = LINE.match(line)
             assert m, f"not a prefixed reader line: {line!r}"
             assert m["label"] in LABELS, line
@@ -69,7 +80,7 @@ def _interrupt(sig: signal.Signals) -> None:
     p = _start("--seconds", "60")
     try:
         scratch = _header(p)
-        read_line(p)  # a reader is running
+        read_line(p, timeout=60)  # a reader is running
         kids = _children(p.pid)
         assert len(kids) >= 2, kids
         sent = time.monotonic()
@@ -82,22 +93,14 @@ def _interrupt(sig: signal.Signals) -> None:
             p.wait()
     # A generous functional bound (the demo itself takes well under 0.5 s): not a benchmark.
     assert took < 2.0, f"the demo took {took:.2f} s to stop"
-    assert status == 128 + sig, status
+    assert p.stderr is not None
+    err = p.stderr.read().decode()
+    assert status == 128 + sig, (status, err)
     time.sleep(0.1)
-    alive = [k for k in kids if _running(k)]
+    alive = [k for k, started in kids.items() if _running(k, started)]
     assert alive == [], f"children left running: {alive}"
     assert not scratch.exists(), f"{scratch} left behind"
-    assert p.stderr is not None
-    assert "Traceback" not in p.stderr.read().decode()
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
+    assert "Traceback" not in err, err
 
 def test_ctrl_c_stops_the_demo_its_children_and_removes_its_files(cc: str) -> None:
     _interrupt(signal.SIGINT)
