@@ -78,6 +78,11 @@ def _kind(path: PathLike | None) -> str:
     return "is a special file"
 
 
+def not_regular(path: PathLike) -> NotRegularFileError:
+    """The error for a path that is not a regular file, saying what it is."""
+    return NotRegularFileError(errno.EINVAL, f"{_kind(path)}, not a regular file", path)
+
+
 def _size_words(n: int) -> str:
     return f"{n} byte" if n == 1 else f"{n} bytes"
 
@@ -89,7 +94,8 @@ def core_error(rc: int, path: PathLike | None, record_size: int, file_size: int 
             return NotRegularFileError(errno.ENXIO, "is a socket, not a regular file", path)
         return os_error(path)
     if rc == lib.MMAPIPC_ENOTREG:
-        return NotRegularFileError(errno.EINVAL, f"{_kind(path)}, not a regular file", path)
+        return not_regular(path) if path is not None else NotRegularFileError(
+            errno.EINVAL, "not a regular file", path)
     if rc == lib.MMAPIPC_ESHRINK:
         return WouldShrinkError(
             errno.EEXIST,

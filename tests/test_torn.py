@@ -2,9 +2,9 @@
 
 Every record's fields follow from its id, so a record that is half one write and half
 another shows.  read() must return no torn record from an mmapipc Writer (seq lock).  The
-torn counts of read_raw() (one copy, as mmap_r does) and of read() against a C writer that
-memcpy's whole records (copy until two copies agree) are measured and reported, not
-asserted: they depend on the machine.  Run with -s to see them.
+torn counts of read_raw() (one copy, as mmap_r does) are reported, not asserted (run with
+-s to see them); those of read() against a C writer that memcpy's whole records (copy until
+two copies agree) are measured by benchmarks/torn.py: they depend on the machine.
 """
 
 from __future__ import annotations
@@ -227,14 +227,3 @@ def test_no_torn_record_from_the_c_core_writer(tmp_path: Path, build_c: Any) -> 
     assert read["torn"] == 0, report
     assert read["unstable"] == 0, report
     assert read["seqlock_reads"] > 0, report
-
-
-def test_torn_counts_against_a_c_memcpy_writer(tmp_path: Path, build_c: Any) -> None:
-    exe = build_c("memcpy_writer", C_WRITER)
-    path = tmp_path / "stress.bin"
-    totals = _stress([str(exe), str(path)], path)
-    report = _report("C memcpy", totals)
-    read, raw = totals["read"], totals["raw"]
-    assert read["reads"] > 0 and raw["reads"] > 0, report
-    assert read["seqlock_reads"] == 0, report  # no marker: every read() was by agreement
-
