@@ -815,7 +815,7 @@ static int64_t writer_period(const mmapipc_channel *ch, int64_t *spread)
 {
     int n = ch->nchanges;
     int64_t lo = INT64_MAX, hi = 0, period;
-    if (n < 4)
+    if (n < 3)
         return 0;
     for (int i = 1; i < n; i++) {
         int64_t gap = ch->changes[i] - ch->changes[i - 1];
@@ -827,11 +827,13 @@ static int64_t writer_period(const mmapipc_channel *ch, int64_t *spread)
     return period > 0 && hi - lo <= period / 4 ? period : 0;
 }
 
-/* A change was seen at now; the previous look was at ch->last_poll, so it
- * landed in between: remember the middle (the oldest estimate drops out). */
+/* A change was seen at now.  It landed after the previous look: remember the
+ * middle when that look was a close one, else assume it was seen FINE_NS/2
+ * after it landed (a first look after a nap finds it already there). */
 static void note_change(mmapipc_channel *ch, int64_t now)
 {
-    int64_t landed = ch->last_poll > 0 ? ch->last_poll + (now - ch->last_poll) / 2 : now;
+    int64_t since = ch->last_poll > 0 ? now - ch->last_poll : 0;
+    int64_t landed = now - (since < 2 * FINE_NS ? since : FINE_NS) / 2;
     if (ch->nchanges == NGAPS) {
         memmove(ch->changes, ch->changes + 1, (NGAPS - 1) * sizeof ch->changes[0]);
         ch->nchanges--;
@@ -839,20 +841,20 @@ static void note_change(mmapipc_channel *ch, int64_t now)
     ch->changes[ch->nchanges++] = landed;
 }
 
-/* The latest time the next look may come: max_gap after now while the writer
- * changed the record within idle_after, idle_gap after a longer silence. */
-static int64_t bound_after(const mmapipc_channel *ch, int64_t now)
+/* The gap in force: max_gap while the writer changed the record within
+ * idle_after, idle_gap after a longer silence. */
+static int64_t gap_in_force(const mmapipc_channel *ch, int64_t now)
 {
     int64_t last = ch->nchanges ? ch->changes[ch->nchanges - 1] : 0;
-    int active = last > 0 && now - last < ch->wp.idle_after;
-    return now + (active ? ch->wp.max_gap : ch->wp.idle_gap);
+    return last > 0 && now - last < ch->wp.idle_after ? ch->wp.max_gap : ch->wp.idle_gap;
 }
 
-/* When to look next: at the bound, or sooner where a regular writer is due
+/* When to look next: an eighth of the gap in force before it runs out (room
+ * for a wake-up that comes late), or sooner where a regular writer is due
  * (every FINE_NS across the window its next change should land in). */
 static int64_t next_look(const mmapipc_channel *ch, int64_t now)
 {
-    int64_t next = bound_after(ch, now), spread = 0;
+    int64_t gap = gap_in_force(ch, now), next = now + gap - gap / 8, spread = 0;
     int64_t period = ch->wp.predict ? writer_period(ch, &spread) : 0;
     if (period > 0) {
         int64_t last = ch->changes[ch->nchanges - 1], margin = spread / 2 + FINE_NS;
@@ -889,7 +891,7 @@ int mmapipc_wait(mmapipc_channel *ch, int64_t timeout)
     while ((rc = look(ch, now, bound)) == 0) {
         if (now - start >= timeout)
             return leave(ch, MMAPIPC_ETIMEDOUT);
-        bound = bound_after(ch, now);
+        bound = now + gap_in_force(ch, now);
         next = ch->wp.busy ? now : next_look(ch, now);
         if (next > start + timeout)
             next = start + timeout;
