@@ -354,7 +354,8 @@ class Reader(_Mapping[T]):
         gaps = [cast(float, seconds(v, name, none_ok=False)) for v, name in (
             (max_gap, "max_gap"), (idle_gap, "idle_gap"), (idle_after, "idle_after"))]
         if not 0 < gaps[0] <= gaps[1]:
-            raise ValueError("need 0 < max_gap <= idle_gap")
+            raise ValueError(f"max_gap must be more than 0 and at most idle_gap, got max_gap"
+                             f" {gaps[0]:g} s and idle_gap {gaps[1]:g} s")
         params = ffi.new("struct mmapipc_wait_params *", {
             "max_gap": _ns(gaps[0]), "idle_gap": _ns(gaps[1]), "idle_after": _ns(gaps[2]),
             "predict": bool(predict), "busy": bool(busy)})

@@ -462,3 +462,54 @@ def test_a_learnt_period_does_not_hide_an_early_or_late_change(shared: Path) -> 
         writer.join(PATIENCE)
         assert got == records
         assert r.stats["polls"] > len(gaps)
+
+
+BURST_WRITER = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+struct STU { int id; char name[20]; char sex; };
+/* A legacy writer (plain memcpy, nothing to wake a reader): 20 records 50 ms apart,
+ * then 6 records 3 ms apart, on an absolute schedule. */
+int main(int argc, char **argv)
+{
+    struct timespec t;
+    struct STU s = {0, "burst", 'm'};
+    int fd = open(argv[1], O_RDWR);
+    struct STU *m = mmap(NULL, sizeof s, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (argc != 2 || fd < 0 || m == MAP_FAILED)
+        return 2;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    for (int i = 1; i <= 26; i++) {
+        long gap = i <= 20 ? 50000000L : 3000000L;
+        t.tv_nsec += gap;
+        if (t.tv_nsec >= 1000000000L) {
+            t.tv_nsec -= 1000000000L;
+            t.tv_sec++;
+        }
+        clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &t, NULL);
+        s.id = i;
+        memcpy(m, &s, sizeof s);
+    }
+    return 0;
+}
+"""
+
+
+def test_a_burst_after_a_slow_period_is_seen_whole(shared: Path, build_c: Any) -> None:
+    """A writer that stored every 50 ms for a second, then 6 records 3 ms apart: every one of
+    them stayed longer than max_gap while the writer was active, so watch() sees each."""
+    exe = build_c("burst_writer", BURST_WRITER)
+    fresh(shared, Student(0, "burst", "m"), seqlock=False)
+    with Reader[Student](shared) as r:
+        feed = r.watch(timeout=0.5)
+        assert next(feed).id == 0
+        writer = subprocess.Popen([str(exe), str(shared)])
+        try:
+            ids = [s.id for s in feed]
+        finally:
+            assert writer.wait(PATIENCE) == 0
+    assert ids == list(range(1, 27)), (ids, r.stats)
