@@ -8,6 +8,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
 #include <setjmp.h>
@@ -18,6 +20,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -306,6 +309,34 @@ static inline _Atomic uint16_t *seq_word(const mmapipc_channel *ch, const unsign
     return (_Atomic uint16_t *)(m + ch->seq_off);
 }
 
+/* The aligned 32-bit word that holds the sequence: what a notifying writer
+ * wakes and its waiters sleep on.  Only where it lies inside the record. */
+static inline int can_notify(const mmapipc_channel *ch)
+{
+    return has_seqlock(ch) && (size_t)(ch->seq_off & ~3) + 4 <= ch->size;
+}
+
+static inline _Atomic uint32_t *futex_word(const mmapipc_channel *ch, const unsigned char *m)
+{
+    return (_Atomic uint32_t *)(m + (ch->seq_off & ~3));
+}
+
+static void futex_wake(_Atomic uint32_t *word)
+{
+    syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* Sleep until woken, the word no longer holds value, or the monotonic time
+ * until; -1 (errno EINTR) if a signal cut it short. */
+static int futex_sleep(_Atomic uint32_t *word, uint32_t value, int64_t until)
+{
+    struct timespec ts = {(time_t)(until / 1000000000), (long)(until % 1000000000)};
+    if (syscall(SYS_futex, word, FUTEX_WAIT_BITSET, value, &ts, NULL,
+                FUTEX_BITSET_MATCH_ANY) == 0 || errno != EINTR)
+        return 0;
+    return -1;
+}
+
 /* Forget what was loaded (a new file, or a new mapping of it). */
 static void reset_reader(mmapipc_channel *ch)
 {
@@ -562,6 +593,11 @@ static int same_fields(const mmapipc_channel *ch, const unsigned char *a, const 
     return 1;
 }
 
+static inline int notifies(const mmapipc_channel *ch)
+{
+    return (ch->flags & MMAPIPC_NOTIFY) && can_notify(ch);
+}
+
 /* The store itself: the sequence goes odd, the fields are copied, it goes
  * even again.  It carries on from the sequence in the file, so that writers
  * that take turns (or a writer that died mid-store) keep it moving. */
@@ -578,7 +614,7 @@ static int store_guarded(mmapipc_channel *ch, const unsigned char *rec)
         uint16_t s = atomic_load_explicit(seq, memory_order_relaxed);
         s = (uint16_t)(s + (s & 1));
         atomic_store_explicit(seq, (uint16_t)(s + 1), memory_order_relaxed);
-        m[ch->marker_off] = MMAPIPC_SEQ_MARKER;
+        m[ch->marker_off] = notifies(ch) ? MMAPIPC_NOTIFY_MARKER : MMAPIPC_SEQ_MARKER;
         atomic_thread_fence(memory_order_release);
         copy_fields(ch, m, rec);
         atomic_thread_fence(memory_order_release);
@@ -596,6 +632,8 @@ int mmapipc_store(mmapipc_channel *ch, const char *rec)
     if (rc != 0)
         return rc;
     rc = store_guarded(ch, (const unsigned char *)rec);
+    if (rc == 0 && notifies(ch))   /* a truncated file: EFAULT here, not SIGBUS */
+        futex_wake(futex_word(ch, ch->map));
     if (rc == 0)   /* a truncated file would swallow the record: say so */
         rc = check_file_if_due(ch);
     return leave(ch, rc);
@@ -605,7 +643,8 @@ int mmapipc_store(mmapipc_channel *ch, const char *rec)
 
 static inline int marked(const mmapipc_channel *ch, const unsigned char *m)
 {
-    return has_seqlock(ch) && m[ch->marker_off] == MMAPIPC_SEQ_MARKER;
+    unsigned char mark = has_seqlock(ch) ? m[ch->marker_off] : 0;
+    return mark == MMAPIPC_SEQ_MARKER || mark == MMAPIPC_NOTIFY_MARKER;
 }
 
 static inline uint32_t pad_value(const mmapipc_channel *ch, uint16_t s)
@@ -771,28 +810,35 @@ int mmapipc_load_raw(mmapipc_channel *ch, char *out)
     return leave(ch, raw_guarded(ch, (unsigned char *)out));
 }
 
-/* Guarded: do the fields differ from the last record? */
-static int moved_guarded(mmapipc_channel *ch)
+/* Guarded: do the fields differ from the last record?  *word gets the futex
+ * word as it was before the comparison when the writer notifies, so that a
+ * sleep on it ends at once if a store came in between (else *notify = 0). */
+static int moved_guarded(mmapipc_channel *ch, uint32_t *word, int *notify)
 {
     struct guard g;
+    const unsigned char *m = ch->map;
     int rc;
-    guard_prepare(&g, ch->map, ch->size);
+    guard_prepare(&g, m, ch->size);
     if (sigsetjmp(g.env, 0) != 0)
         return guard_fault(&g);
     guard_arm(&g);
+    *notify = can_notify(ch) && m[ch->marker_off] == MMAPIPC_NOTIFY_MARKER;
+    if (*notify)
+        *word = atomic_load_explicit(futex_word(ch, m), memory_order_acquire);
     atomic_thread_fence(memory_order_acquire);
     rc = fields_moved(ch);
     guard_end(&g);
     return rc;
 }
 
-static int poll_locked(mmapipc_channel *ch)
+static int poll_locked(mmapipc_channel *ch, uint32_t *word, int *notify)
 {
     uint64_t reopened = ch->st.reopened;
     int rc = check_file_if_due(ch);
+    *notify = 0;
     if (rc != 0)
         return rc;
-    return ch->st.reopened != reopened ? 1 : moved_guarded(ch);
+    return ch->st.reopened != reopened ? 1 : moved_guarded(ch, word, notify);
 }
 
 int mmapipc_poll(mmapipc_channel *ch)
@@ -800,7 +846,9 @@ int mmapipc_poll(mmapipc_channel *ch)
     int rc = enter(ch);
     if (rc != 0)
         return rc;
-    return leave(ch, poll_locked(ch));
+    uint32_t word;
+    int notify;
+    return leave(ch, poll_locked(ch, &word, &notify));
 }
 
 /* ---- waiting ----------------------------------------------------------- */
@@ -850,17 +898,18 @@ static int64_t gap_in_force(const mmapipc_channel *ch, int64_t now)
 }
 
 /* When to look next: an eighth of the gap in force before it runs out (room
- * for a wake-up that comes late), or sooner where a regular writer is due
- * (every FINE_NS across the window its next change should land in). */
+ * for a wake-up that comes late), or sooner where a regular writer is due:
+ * a first look a quarter of the spread of its gaps before its next change,
+ * then every FINE_NS until that change is half the spread and FINE_NS late. */
 static int64_t next_look(const mmapipc_channel *ch, int64_t now)
 {
     int64_t gap = gap_in_force(ch, now), next = now + gap - gap / 8, spread = 0;
     int64_t period = ch->wp.predict ? writer_period(ch, &spread) : 0;
     if (period > 0) {
-        int64_t last = ch->changes[ch->nchanges - 1], margin = spread / 2 + FINE_NS;
-        int64_t late = now - margin - last;
-        int64_t due = last + period * ((late > 0 ? late / period : 0) + 1);
-        int64_t soon = now < due - margin ? due - margin : now + FINE_NS;
+        int64_t last = ch->changes[ch->nchanges - 1], tail = spread / 2 + FINE_NS;
+        int64_t past = now - last - tail;
+        int64_t due = last + period * (past >= 0 ? past / period + 1 : 1);
+        int64_t soon = now < due - spread / 4 ? due - spread / 4 : now + FINE_NS;
         next = soon < next ? soon : next;
     }
     return next;
@@ -868,9 +917,9 @@ static int64_t next_look(const mmapipc_channel *ch, int64_t now)
 
 /* One look in the wait: 1 changed, 0 not, < 0 an error.  A look later than
  * the bound planned for it is counted: a late wake-up, not the design. */
-static int look(mmapipc_channel *ch, int64_t now, int64_t bound)
+static int look(mmapipc_channel *ch, int64_t now, int64_t bound, uint32_t *word, int *notify)
 {
-    int rc = poll_locked(ch);
+    int rc = poll_locked(ch, word, notify);
     ch->st.polls++;
     if (bound > 0 && now > bound)
         ch->st.late_polls++;
@@ -880,25 +929,42 @@ static int look(mmapipc_channel *ch, int64_t now, int64_t bound)
     return rc;
 }
 
+/* Between two looks, without the channel's mutex: on a notifying writer's
+ * futex until it stores (or the slice ends: a legacy writer that takes over
+ * wakes nobody), else until the next look is due.  -1 on a signal. */
+static int pause_wait(mmapipc_channel *ch, int64_t now, int64_t end, uint32_t word, int notify)
+{
+    int64_t next;
+    if (ch->wp.busy) {
+        pthread_mutex_unlock(&ch->lock);
+        cpu_relax();
+        return 0;
+    }
+    if (notify) {
+        _Atomic uint32_t *addr = futex_word(ch, ch->map);
+        ch->st.sleeps++;
+        pthread_mutex_unlock(&ch->lock);
+        return futex_sleep(addr, word, end);
+    }
+    next = next_look(ch, now);
+    pthread_mutex_unlock(&ch->lock);
+    return sleep_until(next < end ? next : end);
+}
+
 int mmapipc_wait(mmapipc_channel *ch, int64_t timeout)
 {
-    int64_t start = now_ns(), now = start, next, bound = 0;
-    int rc = enter(ch);
+    int64_t start = now_ns(), now = start, bound = 0;
+    uint32_t word = 0;
+    int notify = 0, rc = enter(ch);
     if (rc != 0)
         return rc;
     if (!ch->wp.busy)
         fine_timer();
-    while ((rc = look(ch, now, bound)) == 0) {
+    while ((rc = look(ch, now, bound, &word, &notify)) == 0) {
         if (now - start >= timeout)
             return leave(ch, MMAPIPC_ETIMEDOUT);
-        bound = now + gap_in_force(ch, now);
-        next = ch->wp.busy ? now : next_look(ch, now);
-        if (next > start + timeout)
-            next = start + timeout;
-        pthread_mutex_unlock(&ch->lock);
-        if (ch->wp.busy)
-            cpu_relax();
-        else if (sleep_until(next) != 0)
+        bound = notify ? 0 : now + gap_in_force(ch, now);
+        if (pause_wait(ch, now, start + timeout, word, notify) != 0)
             return MMAPIPC_EINTR;
         if ((rc = enter(ch)) != 0)
             return rc;   /* closed while we slept */

@@ -44,9 +44,13 @@ struct STU {
 #define MMAPIPC_FOLLOW_SYMLINKS 2 /* the writer may open through a symlink */
 #define MMAPIPC_FORCE 4           /* the writer may shrink or share a file */
 #define MMAPIPC_FOLLOW 8          /* a reader reopens the path when it names a new file */
+#define MMAPIPC_NOTIFY 16         /* the writer wakes waiters after each store */
 
-/* The marker byte that says a sequence lock is kept in the padding. */
+/* The marker byte that says a sequence lock is kept in the padding; the
+ * second one says so too, and that the writer wakes waiters after each store
+ * (FUTEX_WAKE on the aligned 32-bit word that holds the sequence). */
 #define MMAPIPC_SEQ_MARKER 0xA5
+#define MMAPIPC_NOTIFY_MARKER 0xA6
 
 typedef struct mmapipc_channel mmapipc_channel;
 
@@ -57,6 +61,7 @@ struct mmapipc_stats {
     uint64_t polls;           /* looks at the record while waiting */
     uint64_t late_polls;      /* looks later than the bound in force (a late wake-up) */
     uint64_t reopened;        /* times a reader followed its path to a new file */
+    uint64_t sleeps;          /* waits on a notifying writer's futex */
     int64_t file_size;        /* the file's size when last looked at, -1 unknown */
 };
 

@@ -207,6 +207,7 @@ class Writer(_Mapping[T]):
     else's file in a sticky world-writable directory unless force; to open a symlink as the
     last component unless follow_symlinks, and, at any component, one planted in a sticky
     world-writable directory by another user.  seqlock=False stores plain whole records.
+    notify (with the seq lock) wakes the Readers waiting on the record after each store.
     """
 
     _kind = "Writer"
@@ -219,6 +220,7 @@ class Writer(_Mapping[T]):
         force: bool = ...,
         follow_symlinks: bool = ...,
         seqlock: bool = ...,
+        notify: bool = ...,
         layout: None = ...,
     ) -> None: ...
 
@@ -230,6 +232,7 @@ class Writer(_Mapping[T]):
         force: bool = ...,
         follow_symlinks: bool = ...,
         seqlock: bool = ...,
+        notify: bool = ...,
         layout: Codec[T],
     ) -> None: ...
 
@@ -240,6 +243,7 @@ class Writer(_Mapping[T]):
         force: bool = False,
         follow_symlinks: bool = False,
         seqlock: bool = True,
+        notify: bool = True,
         layout: Codec[Any] | None = None,
     ) -> None:
         super().__init__(path, cast(Codec[T], layout or STUDENT), lock=seqlock)
@@ -250,6 +254,8 @@ class Writer(_Mapping[T]):
             flags |= lib.MMAPIPC_FOLLOW_SYMLINKS
         if force:
             flags |= lib.MMAPIPC_FORCE
+        if notify:
+            flags |= lib.MMAPIPC_NOTIFY
         check_writable(self.path, force=force)
         try:
             self._open(flags)
@@ -471,11 +477,12 @@ class Reader(_Mapping[T]):
 
     @property
     def stats(self) -> dict[str, int]:
-        """Copies accepted through the seq lock and by agreement; looks while waiting, and
-        how many of them came later than the bound in force (late wake-ups)."""
+        """Copies accepted through the seq lock and by agreement; looks while waiting, how
+        many of them came later than the bound in force (late wake-ups); files followed;
+        sleeps on a notifying writer's futex."""
         st = self._stats()
         return {name: int(getattr(st, name)) for name in (
-            "seqlock_reads", "fallback_reads", "polls", "late_polls", "reopened")}
+            "seqlock_reads", "fallback_reads", "polls", "late_polls", "reopened", "sleeps")}
 
     def __enter__(self) -> Reader[T]:
         return self

@@ -313,7 +313,7 @@ def test_kill_9_the_cli_writer(shared: Path, procs: list[subprocess.Popen[bytes]
     assert reader.read() == Student(9049, "again", "m")
     assert read_in_child(shared)[0] == Student(9049, "again", "m")
     marker, seq = _seq(shared)
-    assert marker == 0xA5 and seq % 2 == 0
+    assert marker == 0xA6 and seq % 2 == 0
     reader.close()
 
 
@@ -395,7 +395,7 @@ def test_stale_odd_sequence(seq: int, shared: Path) -> None:
     assert decode(out["after"]) == fresh and decode(out["other"]) == fresh
     raw = bytes.fromhex(out["raw"])
     new_seq = int.from_bytes(raw[26:28], sys.byteorder)
-    assert raw[25] == 0xA5 and new_seq % 2 == 0 and new_seq != seq
+    assert raw[25] == 0xA6 and new_seq % 2 == 0 and new_seq != seq
 
 
 LEGACY_WRITER = r"""

@@ -75,7 +75,7 @@ def test_lock_bytes_in_either_order(tmp_path: Path) -> None:
         w.write(record)
         raw = path.read_bytes()
         assert raw[:24] == record[:24]
-        assert raw[28] == lib.MMAPIPC_SEQ_MARKER
+        assert raw[28] == lib.MMAPIPC_NOTIFY_MARKER
         seq = int.from_bytes(raw[26:28], sys.byteorder)
         assert seq % 2 == 0 and seq > 0
         assert r.read() == record
