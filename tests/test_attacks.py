@@ -21,7 +21,7 @@ import pytest
 
 import mmapipc.mapping
 import mmapipc.paths
-from mmapipc import FileReplacedError, Reader, Student, SymlinkError, Writer
+from mmapipc import FileReplacedError, Layout, Reader, Student, SymlinkError, Writer
 from mmapipc.mapping import SIZE_CHECK
 from mmapipc.record import STUDENT
 
@@ -72,6 +72,13 @@ def test_dotdot_after_a_symlinked_directory_names_what_the_kernel_names(tmp_path
         w.write(Student(1, "one", "m"))
     assert (tmp_path / "real" / "rec").exists()
     assert not (tmp_path / "other" / "rec").exists()
+
+
+def test_a_trailing_slash_is_not_dropped(tmp_path: Path) -> None:
+    """rec/ names a directory to the kernel: no file rec is created."""
+    with pytest.raises(OSError):
+        Writer(str(tmp_path / "rec") + "/")
+    assert not (tmp_path / "rec").exists()
 
 
 @root_only
@@ -235,6 +242,37 @@ def test_a_stuck_sequence_seen_again_later_is_waited_for(tmp_path: Path) -> None
     rec = r.read()
     t.join()
     assert rec.to_bytes()[:25] == b[:25], rec
+
+
+def test_two_writers_storing_at_once_never_tear_a_record(tmp_path: Path) -> None:
+    """Two Writers of one file (two threads here; two processes alike) store at the same
+    time: the sequence must not go even while either is still copying."""
+    ints = 4096
+    lay = Layout.from_c(f"struct big {{ int head; int data[{ints}]; int tail; }};", "struct big")
+    path = tmp_path / "rec.bin"
+    writers = [Writer(path, layout=lay), Writer(path, layout=lay)]
+    recs = [lay.Record(head=k, data=[k] * ints, tail=k) for k in range(1, 5)]
+    writers[0].write(recs[0])
+    r = Reader(path, layout=lay)
+    stop = time.monotonic() + 1.5
+
+    def store(w: Writer[Any], mine: list[Any]) -> None:
+        n = 0
+        while time.monotonic() < stop:
+            w.write(mine[n % 2])
+            n += 1
+
+    threads = [threading.Thread(target=store, args=(writers[k], recs[2 * k:2 * k + 2]))
+               for k in range(2)]
+    for t in threads:
+        t.start()
+    torn = 0
+    while time.monotonic() < stop:
+        rec = r.read()
+        torn += len({rec.head, rec.tail, rec.data[0], rec.data[ints // 2], rec.data[-1]}) > 1
+    for t in threads:
+        t.join()
+    assert torn == 0
 
 
 def test_read_bytes_zeroes_the_lock_bytes_however_the_copy_was_trusted(tmp_path: Path) -> None:
