@@ -379,3 +379,34 @@ def test_a_max_gap_below_a_nanosecond_is_not_silently_ignored(tmp_path: Path) ->
     with pytest.raises(ValueError):
         Reader(path, max_gap=1e-10, idle_gap=1e-10)
 
+
+
+PADDING_SCRIPT = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+from mmapipc import Writer
+
+class Huge:
+    size = 28
+    name = "huge"
+    padding = ((25, 2**62),)
+    lock_offsets = (25, 26)
+
+    def encode(self, record):
+        return record
+
+    def decode(self, data):
+        return data
+
+try:
+    Writer(sys.argv[1], layout=Huge())
+except (ValueError, TypeError, OSError):
+    print("refused")
+"""
+
+
+def test_a_codec_with_padding_past_the_record_is_refused_without_exhausting_memory(
+        tmp_path: Path) -> None:
+    """The padding holes are checked as intervals, not enumerated byte by byte."""
+    proc = _run(PADDING_SCRIPT, str(tmp_path / "rec.bin"))
+    assert proc.stdout.split() == ["refused"], proc.stderr[-1000:]
