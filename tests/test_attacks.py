@@ -410,3 +410,40 @@ def test_a_codec_with_padding_past_the_record_is_refused_without_exhausting_memo
     """The padding holes are checked as intervals, not enumerated byte by byte."""
     proc = _run(PADDING_SCRIPT, str(tmp_path / "rec.bin"))
     assert proc.stdout.split() == ["refused"], proc.stderr[-1000:]
+
+
+LYING_LENGTH_SCRIPT = """
+import sys
+from mmapipc import Layout, Writer
+lay = Layout.from_c("struct huge { int head; char blob[16777216]; int tail; };", "struct huge")
+
+class Liar(bytes):
+    def __len__(self):
+        return lay.size
+
+class Codec:
+    size = lay.size
+    name = "liar"
+    padding = lay.padding
+    lock_offsets = lay.lock_offsets
+
+    def encode(self, record):
+        return Liar(b"x")
+
+    def decode(self, data):
+        return data
+
+w = Writer(sys.argv[1], layout=Codec())
+try:
+    w.write(None)
+except (ValueError, TypeError, OSError):
+    print("refused")
+"""
+
+
+def test_an_encode_whose_result_lies_about_its_length_is_refused(tmp_path: Path) -> None:
+    """len() of a bytes subclass is whatever it says: the store must go by the real size
+    of the buffer, or it copies past a 1-byte object (here into unmapped memory)."""
+    proc = _run(LYING_LENGTH_SCRIPT, str(tmp_path / "rec.bin"))
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-1000:])
+    assert proc.stdout.split() == ["refused"]
