@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 import mmapipc.mapping
-import mmapipc.mapping
 from mmapipc import FileReplacedError, Layout, Reader, Student, SymlinkError, Writer
 from mmapipc.mapping import SIZE_CHECK
 from mmapipc.record import STUDENT
