@@ -432,7 +432,7 @@ static int next_component(struct walk *w, char *name, size_t cap)
     size_t n;
     while (*p == '/')
         p++;
-    end = strchrnul(p, '/');
+    end = p + strcspn(p, "/");
     n = (size_t)(end - p);
     if (n == 0 || n >= cap) {
         errno = n == 0 ? ENOENT : ENAMETOOLONG;
@@ -460,9 +460,10 @@ static int expand_link(struct walk *w, int fd)
         errno = w->links > MAX_LINKS ? ELOOP : ENAMETOOLONG;
         return MMAPIPC_EOS;
     }
-    memmove(w->rest + n + 1, w->rest, rest + 1);
+    memmove(w->rest + n + (rest > 0), w->rest, rest + 1);
     memcpy(w->rest, target, (size_t)n);
-    w->rest[n] = '/';
+    if (rest > 0)
+        w->rest[n] = '/';
     if (target[0] == '/') {
         int root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
         if (root < 0)
