@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from mmapipc import __version__, loops
 from mmapipc.errors import not_regular
-from mmapipc.mapping import Reader
+from mmapipc.mapping import IDLE_GAP, MAX_GAP, Reader
 from mmapipc.record import OFFSETS, PADDING, RECORD_SIZE, Student
 
 if TYPE_CHECKING:
@@ -138,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     _output_options(wa)
     wa.add_argument("--wait", action="store_true", help="wait for the file to hold a record")
     wa.add_argument("--busy", action="store_true", help="spin on a core for the lowest latency")
+    wa.add_argument("--max-gap", type=_seconds, metavar="SEC", default=MAX_GAP,
+                    help="while the writer is active, look at least every SEC seconds, so that"
+                         f" every change that stays that long is seen (default {MAX_GAP:g})")
+    wa.add_argument("--idle-gap", type=_seconds, metavar="SEC", default=IDLE_GAP,
+                    help="after a silence, look every SEC seconds (default"
+                         f" {IDLE_GAP:g})")
     _struct_options(wa)
 
     d = sub.add_parser("dump", help="print the record once, decoded and in hex")
@@ -251,7 +257,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     layout = _layout(args)
     fmt = _formatter(args, layout)
     loops.watch_loop(args.file, args.count, args.timeout, format=fmt, wait=args.wait,
-                     notify=_notify(args), busy=args.busy, layout=layout)
+                     notify=_notify(args), busy=args.busy, layout=layout,
+                     max_gap=args.max_gap, idle_gap=args.idle_gap)
     return 0
 
 

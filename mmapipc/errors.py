@@ -42,6 +42,14 @@ class FileTooShortError(MmapipcOSError):
     """The file is shorter than one record (at open, or truncated under a mapping)."""
 
 
+class FileReplacedError(MmapipcOSError):
+    """The path no longer names the mapped file (renamed over, unlinked, or recreated)."""
+
+
+class UnsafeFileError(MmapipcOSError):
+    """The writer will not write a file that other names or users share unless forced."""
+
+
 class UnstableRecordError(MmapipcOSError):
     """The record kept changing while it was copied, longer than the read allows."""
 
@@ -110,6 +118,19 @@ def core_error(rc: int, path: PathLike | None, record_size: int, file_size: int 
             errno.EFAULT,
             f"file was truncated under the {record_size}-byte mapping (now {now});"
             " the access was stopped before it could crash",
+            path,
+        )
+    if rc == lib.MMAPIPC_EREPLACED:
+        return FileReplacedError(
+            errno.ESTALE,
+            "file was replaced or removed: the path no longer names the mapped file",
+            path,
+        )
+    if rc == lib.MMAPIPC_ELINKS:
+        return UnsafeFileError(
+            errno.EMLINK,
+            "file has other hard links; writing it would change them too;"
+            " not written unless forced (force=True / --force)",
             path,
         )
     if rc == lib.MMAPIPC_EUNSTABLE:

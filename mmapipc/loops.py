@@ -177,6 +177,7 @@ def read_loop(
     with reader:
         deadline = time.monotonic()
         broken = False
+        followed = 0
         while count is None or printed < count:
             try:
                 record = reader.read()
@@ -188,6 +189,7 @@ def read_loop(
                 if broken:
                     say(f"{path}: record is readable again")
                     broken = False
+                followed = _say_if_followed(reader, followed, say)
                 emit(out, format(record))
                 printed += 1
                 if count is not None and printed >= count:
@@ -220,7 +222,7 @@ def watch_loop(
         _check_seconds("timeout", timeout)
     out = sys.stdout if out is None else out
     say = _notifier(err, notify)
-    printed = 0
+    printed = followed = 0
     last: Any = None
     restarted = False
     reader: Reader[Any] = Reader(path, wait=wait, **reader_options)
@@ -228,6 +230,7 @@ def watch_loop(
         while True:
             try:
                 for record in reader.watch(timeout):
+                    followed = _say_if_followed(reader, followed, say)
                     if restarted and printed and record == last:
                         restarted = False
                         continue  # the record printed before the truncation: no change
@@ -265,6 +268,14 @@ def _notifier(err: Stream | None, notify: Callable[[str], None] | None) -> Calla
         return notify
     stream = sys.stderr if err is None else err
     return lambda message: emit(stream, (message + "\n").encode("utf-8", "surrogateescape"))
+
+
+def _say_if_followed(reader: Reader[Any], followed: int, say: Callable[[str], None]) -> int:
+    """Say once that the reader followed its path to a new file."""
+    now = reader.reopened
+    if now != followed:
+        say(f"{reader.path}: file was replaced; reading the new one")
+    return now
 
 
 def _check_loop_args(interval: float, count: int | None) -> None:

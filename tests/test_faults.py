@@ -183,7 +183,7 @@ def test_truncated_while_reader_waits_in_another_thread(shared: Path) -> None:
     """The guard is per thread: a reader blocked in wait_for_change in a thread gets the error."""
     with Writer(shared) as w:
         w.write(numbered(1))
-    r = Reader(shared, sleep_max=0.001)
+    r = Reader(shared, max_gap=0.001)
     r.read()
     errors: list[BaseException] = []
 

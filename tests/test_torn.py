@@ -99,23 +99,17 @@ int main(int argc, char **argv)
 {{
     if (argc != 2)
         return 2;
-{FILL_TABLE}    struct mmapipc_channel ch;
-    memset(&ch, 0, sizeof ch);
-    ch.size = sizeof(struct STU);
-    ch.marker_off = 25;
-    ch.seq_off = 26;
-    ch.seqlock = 1;
-    if (mmapipc_guard_install() != 0 || mmapipc_open(&ch, argv[1], MMAPIPC_WRITE) != 0)
+{FILL_TABLE}    mmapipc_channel *ch = mmapipc_new(sizeof(struct STU), 25, 26);
+    if (ch == NULL || mmapipc_guard_install() != 0 ||
+        mmapipc_open(ch, argv[1], MMAPIPC_WRITE) != 0)
         return 3;
-    ch.src = (unsigned char *)&table[0];
-    if (mmapipc_store(&ch) != 0)
+    if (mmapipc_store(ch, (const char *)&table[0]) != 0)
         return 4;
     printf("ready\n");
     fflush(stdout);
     for (;;) {{
         for (int n = 0; n < {PERIOD}; n++) {{
-            ch.src = (unsigned char *)&table[n];
-            if (mmapipc_store(&ch) != 0)
+            if (mmapipc_store(ch, (const char *)&table[n]) != 0)
                 return 5;
         }}
     }}
