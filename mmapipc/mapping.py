@@ -199,7 +199,6 @@ class Writer(_Mapping[T]):
         self._ch.seqlock = 1 if seqlock else 0
         self._src = ffi.buffer(self._ch.src, self.codec.size)
         self._encode = self.codec.encode
-        self._plain: type | None = Student if layout is None else None
         self._store = lib.mmapipc_store
         flags = lib.MMAPIPC_WRITE
         if follow_symlinks:
@@ -221,10 +220,7 @@ class Writer(_Mapping[T]):
         """Store the whole record in one guarded copy (under the seq lock)."""
         if _guard_gen[0] != _guard_gen[1]:
             install_fault_guard()
-        if type(record) is self._plain:  # a Student to its codec: no call to encode
-            self._src[:] = record._v[5]  # type: ignore[attr-defined]
-        else:
-            self._src[:] = self._encode(record)
+        self._src[:] = self._encode(record)
         rc = self._store(self._ch)
         if rc:
             raise self._error(rc)
