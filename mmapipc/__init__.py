@@ -1,8 +1,8 @@
 """mmapipc: exchange C structs with unrelated C processes through a MAP_SHARED file."""
 
+from mmapipc._base import MmapipcError
 from mmapipc.errors import (
     FileTooShortError,
-    MmapipcError,
     MmapipcOSError,
     NotRegularFileError,
     SymlinkError,

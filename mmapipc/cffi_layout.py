@@ -9,6 +9,7 @@ with one line saying a C compiler is needed: only the compiler can lay those out
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
@@ -142,7 +143,7 @@ def _struct_node(ffi: Any, ctype: Any, path: str, top: str, cache: dict[str, Str
                           " are not addressable bytes; use a whole integer")
         members.append((name, int(f.offset), _node(ffi, f.type, sub, top, cache, depth)))
     order = sorted(members, key=lambda m: m[1])
-    for (a, a_off, a_node), (b, b_off, _) in zip(order, order[1:], strict=False):
+    for (a, a_off, a_node), (b, b_off, _) in itertools.pairwise(order):
         if b_off < a_off + a_node.size:
             raise _refuse(top, join_path(path, b), f"overlaps {join_path(path, a)} (an"
                           " anonymous union?): unions are not supported")

@@ -11,6 +11,7 @@ which DWARF does not record, comes from the probe too: ``char a[_Alignof(T)]``.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import shlex
 import shutil
@@ -135,13 +136,13 @@ def _find_cc() -> list[str] | None:
 
 def _defines(defines: Mapping[str, str | None] | Sequence[str]
              ) -> tuple[tuple[str, str | None], ...]:
+    items: list[tuple[str, str | None]] = []
     if isinstance(defines, Mapping):
         items = [(str(k), None if v is None else str(v)) for k, v in defines.items()]
     else:
-        items = []
         for text in defines:
-            name, sep, value = str(text).partition("=")
-            items.append((name, value if sep else None))
+            key, sep, val = str(text).partition("=")
+            items.append((key, val if sep else None))
     for name, value in items:
         if not name or not (name[0].isalpha() or name[0] == "_") or not all(
                 c.isalnum() or c == "_" for c in name):
@@ -190,7 +191,7 @@ def _dies(obj: Path) -> tuple[list[Any], list[str]]:
                         name = os.path.join(_text(dirs[d - 1]), name)
                     names.append(name)
                 # DWARF 4 numbers files from 1, DWARF 5 from 0
-                files = ([""] + names) if version < 5 else names
+                files = ["", *names] if version < 5 else names
         return tops, files
 
 
@@ -350,7 +351,7 @@ def spell(die: Any | None) -> str:
                                            for n in _dims(die))
     if tag == "DW_TAG_subroutine_type":
         return "a function"
-    return tag.removeprefix("DW_TAG_")
+    return str(tag).removeprefix("DW_TAG_")
 
 
 def _dims(die: Any) -> list[int | None]:
@@ -413,7 +414,7 @@ class Builder:
                 raise self.refuse(join_path(path, name), "is declared twice")
             seen[name] = name
         order = sorted(members, key=lambda m: m[1])
-        for (a, a_off, a_node), (b, b_off, _) in zip(order, order[1:], strict=False):
+        for (a, a_off, a_node), (b, b_off, _) in itertools.pairwise(order):
             if b_off < a_off + a_node.size:
                 raise self.refuse(join_path(path, b), f"overlaps {join_path(path, a)}")
         try:

@@ -209,7 +209,8 @@ class Layout:
         """A record from any bytes of the struct's size (never raises for those)."""
         if len(data) != self.size:
             raise ValueError(f"a {self.name} is {self.size} bytes, got {len(data)}")
-        return self._decode(data if type(data) is bytes else bytes(data))
+        record: LayoutRecord = self._decode(data if type(data) is bytes else bytes(data))
+        return record
 
     def decode_dict(self, data: bytes) -> dict[str, Any]:
         """The fields of the struct's bytes as plain data (nested dicts, lists)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from mmapipc._ffi import ffi, lib
@@ -50,6 +51,7 @@ class _SeqThenMarker:
     """struct STU's codec with the lock bytes the other way round: seq at 25-26 would be
     unaligned, so use a 32-byte record with padding 24..31: seq at 26, marker at 28."""
 
+    name = "32 bytes"
     size: int = 32
     lock_offsets: tuple[int, int] | None = (28, 26)
 
@@ -58,6 +60,18 @@ class _SeqThenMarker:
 
     def decode(self, data: bytes) -> bytes:
         return data
+
+    def line(self, record: bytes) -> bytes:
+        return record.hex().encode() + b"\n"
+
+    def json_line(self, record: bytes) -> bytes:
+        return self.line(record)
+
+    def formatter(self, template: str) -> Callable[[bytes], bytes]:
+        return self.line
+
+    def dump(self, record: bytes, raw: bytes) -> bytes:
+        return self.line(raw)
 
 
 def test_lock_bytes_in_either_order(tmp_path: Path) -> None:
