@@ -305,12 +305,13 @@ def resolve(index: Index, name: str, filename: str, header: Path) -> str:
 def _spelling_of(die: Any, name: str, spelling: str) -> str:
     what = {"DW_TAG_union_type": "a union", "DW_TAG_enumeration_type": "an enum",
             "DW_TAG_pointer_type": "a pointer", "DW_TAG_array_type": "an array",
-            "DW_TAG_base_type": "not a struct", "DW_TAG_subroutine_type": "a function type"}
+            "DW_TAG_subroutine_type": "a function type"}
     if die is None:
         raise LayoutError(f"{name} is void, not a struct")
     if die.tag != "DW_TAG_structure_type":
-        raise LayoutError(f"{name} is {what.get(die.tag, 'not a struct')}"
-                          f" ({spell(die)}), not a struct")
+        kind = what.get(die.tag)
+        shown = f"{kind} ({spell(die)})" if kind else spell(die)
+        raise LayoutError(f"{name} is {shown}, not a struct")
     if "DW_AT_declaration" in die.attributes:
         raise LayoutError(f"{name} is {spell(die)}, which is declared but not defined")
     return spelling
@@ -383,6 +384,8 @@ class Builder:
         self.cache: dict[int, StructNode] = {}
 
     def refuse(self, path: str, what: str) -> LayoutError:
+        if len(path) > 80:  # a path through many nested structs: its two ends
+            path = f"{path[:36]}...{path[-36:]}"
         return LayoutError(f"{self.top}: field {path} {what}" if path else f"{self.top} {what}")
 
     def struct(self, die: Any, path: str, shown: str | None, depth: int) -> StructNode:
