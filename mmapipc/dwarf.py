@@ -322,13 +322,23 @@ def _not_found(index: Index, name: str, filename: str, header: Path) -> LayoutEr
     return LayoutError(f"no struct {name!r} in {filename} (it declares: {listing})")
 
 
+# The compiler's names of base types, as C programs usually spell them.
+_BASE_NAMES = {
+    "short int": "short", "short unsigned int": "unsigned short", "long int": "long",
+    "long unsigned int": "unsigned long", "long long int": "long long",
+    "long long unsigned int": "unsigned long long", "__int128 unsigned": "unsigned __int128",
+}
+
+
 def spell(die: Any | None) -> str:
     """A C spelling of a type, for messages and tables."""
     if die is None:
         return "void"
     tag = die.tag
     name = _name(die)
-    if tag in ("DW_TAG_base_type", "DW_TAG_typedef"):
+    if tag == "DW_TAG_base_type":
+        return _BASE_NAMES.get(name or "?", name or "?")
+    if tag == "DW_TAG_typedef":
         return name or "?"
     if tag == "DW_TAG_structure_type":
         return f"struct {name}" if name else "struct (anonymous)"
@@ -556,7 +566,7 @@ class Builder:
         enc = _int_attr(die, "DW_AT_encoding")
         size = _int_attr(die, "DW_AT_byte_size") or 0
         cname = _name(die) or "?"
-        ctype = shown or cname
+        ctype = shown or spell(die)
         if enc == _ATE_BOOLEAN and size == 1:
             return BoolNode()
         if enc == _ATE_FLOAT:
