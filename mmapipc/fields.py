@@ -819,7 +819,8 @@ def _decoder(root: StructNode) -> Callable[[bytes], Any]:
     """A decoder for the struct made for it: one unpack and one expression building the
     record, without a Python call per member (the generated code names only values and
     classes, never a member)."""
-    env: dict[str, Any] = {"_unpack": root.packer.unpack, "_new": _new}
+    env: dict[str, Any] = {"_unpack": root.packer.unpack, "_new": _new,
+                           "_error": struct.error, "_bad": _bad_size(root)}
     budget = [4096]  # expressions longer than this many items fall back to build()
 
     def ref(value: Any) -> str:
@@ -857,10 +858,24 @@ def _decoder(root: StructNode) -> Callable[[bytes], Any]:
         return f"{ref(node.build)}(v, {i})[0]", i + count
 
     body, _ = expr(root, 0)
-    source = f"def decode(data):\n    v = _unpack(data)\n    return {body}\n"
+    source = ("def decode(data):\n    try:\n        v = _unpack(data)\n"
+              "    except _error:\n        raise _bad(data) from None\n"
+              f"    return {body}\n")
     exec(compile(source, f"<decoder of {root.ctype}>", "exec"), env)
     decode: Callable[[bytes], Any] = env["decode"]
     return decode
+
+
+def _bad_size(root: StructNode) -> Callable[[Any], ValueError]:
+    def bad(data: Any) -> ValueError:
+        try:
+            n = len(data)
+        except TypeError:
+            return ValueError(f"a {root.ctype} is decoded from bytes, not"
+                              f" {type(data).__name__}")
+        return ValueError(f"a {root.ctype} is {root.size} bytes, got {n}")
+
+    return bad
 
 
 def _count_items(code: str) -> int:

@@ -126,7 +126,8 @@ class Layout:
         self.padding: tuple[tuple[int, int], ...] = _padding(root)
         self.lock_offsets: tuple[int, int] | None = _lock_offsets(self.padding)
         self.zero: LayoutRecord = root.zero()
-        self._decode = root.decode_fast
+        # decode() is the generated decoder itself: a Reader calls it for every change
+        self.decode = root.decode_fast  # type: ignore[method-assign,assignment]
 
     # ---- construction -----------------------------------------------------------
 
@@ -209,7 +210,7 @@ class Layout:
         """A record from any bytes of the struct's size (never raises for those)."""
         if len(data) != self.size:
             raise ValueError(f"a {self.name} is {self.size} bytes, got {len(data)}")
-        record: LayoutRecord = self._decode(data if type(data) is bytes else bytes(data))
+        record: LayoutRecord = self._root.decode_fast(data)
         return record
 
     def decode_dict(self, data: bytes) -> dict[str, Any]:

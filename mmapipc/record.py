@@ -113,20 +113,7 @@ class Student(LayoutRecord):
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> Student:
         """Decode any 28 bytes as mmap_r sees them: name up to its first NUL, padding ignored."""
-        try:
-            id_, name_raw, sex_b = _unpack(data)
-        except struct.error:
-            raise ValueError(f"a record is {RECORD_SIZE} bytes, got {len(data)}") from None
-        self: Student = _new(cls)
-        nul = name_raw.find(0)
-        if nul >= 0:
-            _set_values(self, (id_, name_raw[:nul].decode("utf-8", "surrogateescape"),
-                               sex_b.decode("utf-8", "surrogateescape")))
-        else:  # no NUL: C's %s runs on into sex and the padding
-            _set_values(self, (id_, name_raw.decode("utf-8", "surrogateescape"),
-                               sex_b.decode("utf-8", "surrogateescape")))
-            object.__setattr__(self, "_tail", bytes(data[OFFSETS["sex"]:]).split(b"\0", 1)[0])
-        return self
+        return _decode(data)
 
     @property
     def id(self) -> int:
@@ -208,6 +195,52 @@ _ROOT = StructNode("struct STU", RECORD_SIZE,
                    "Student", record_class=Student)
 
 
+_unpack_fast = struct.Struct("=i20sB3x").unpack  # sex as a number: an index into _SEXES
+_SEXES = tuple(bytes([b]).decode("utf-8", "surrogateescape") for b in range(256))
+_set_tail = Student.__dict__["_tail"].__set__
+
+
+def _decode(data: bytes | bytearray | memoryview, *, _unpack: Any = _unpack_fast,
+            _make: Any = _new, _set: Any = _set_values, _sexes: Any = _SEXES) -> Student:
+    """Student.from_bytes, as one function: what a Reader calls for every changed record
+    (the keywords bind what it uses as locals: never pass them).
+
+    The name is decoded whole and cut at its first NUL: a NUL is one byte in UTF-8 and
+    never part of a sequence, so the text before it decodes the same either way.
+    """
+    try:
+        id_, raw, sex = _unpack(data)
+    except struct.error:
+        raise ValueError(f"a record is {RECORD_SIZE} bytes, got {len(data)}") from None
+    text = raw.decode("utf-8", "surrogateescape")
+    name = text.rstrip("\0")  # the usual case: the name, then zeros
+    self: Student = _make(Student)
+    if "\0" in name:  # bytes after the name's first NUL are not part of it
+        name = name[: name.index("\0")]
+    elif len(name) == len(text):  # no NUL at all: C's %s runs on into sex and the padding
+        _set_tail(self, bytes(data[OFFSETS["sex"]:]).split(b"\0", 1)[0])
+    _set(self, (id_, name, _sexes[sex]))
+    return self
+
+
+def _encoder(generic: Any) -> Any:
+    """STU's encode as one function: a Writer calls it for every record."""
+
+    def encode(record: Any, _student: Any = Student) -> bytes:
+        if type(record) is _student:
+            try:
+                return record.__mmapipc_bytes__  # type: ignore[no-any-return]
+            except AttributeError:  # decoded, not yet packed
+                return record.to_bytes()  # type: ignore[no-any-return]
+        if isinstance(record, Student):
+            return record.to_bytes()
+        if isinstance(record, LayoutRecord):
+            raise TypeError(f"expected a Student, not {type(record).__name__}")
+        return generic(record)  # type: ignore[no-any-return]
+
+    return encode
+
+
 class StudentLayout(Layout):
     """The layout of struct STU, whose records are Students; the seq lock lives in its
     three padding bytes.  Its line is mmap_r's, its dump shows the fields by name."""
@@ -216,20 +249,13 @@ class StudentLayout(Layout):
         super().__init__("struct STU", _ROOT, int(ffi.alignof("struct STU")), DECLARATION,
                          "<struct STU>", origin="cffi")
         self.zero = Student(10, "xiaoming", "m")  # what a template is tried on
-        self.decode = Student.from_bytes  # type: ignore[method-assign]
+        self.decode = _decode  # type: ignore[method-assign]
+        self.encode = _encoder(super().encode)  # type: ignore[method-assign]
 
     def encode(self, record: Any) -> bytes:
         """The 28 bytes of a Student (or of a dict of its fields)."""
-        if type(record) is Student:
-            try:
-                return record.__mmapipc_bytes__  # type: ignore[return-value]
-            except AttributeError:
-                return record.to_bytes()
-        if isinstance(record, Student):
-            return record.to_bytes()
-        if isinstance(record, LayoutRecord):
-            raise TypeError(f"expected a Student, not {type(record).__name__}")
-        return super().encode(record)
+        data: bytes = _encoder(super().encode)(record)
+        return data
 
     def line(self, record: Any) -> bytes:
         """mmap_r's line."""
