@@ -13,8 +13,10 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import resource
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -38,7 +40,8 @@ from mmapipc.fields import (
 )
 
 # Limits that keep a hostile header from hanging or exhausting memory.
-TIMEOUT = 10.0  # seconds for one compiler run
+TIMEOUT = 5.0  # seconds for one compiler run
+MEMORY_LIMIT = 2 << 30  # bytes of address space for the compiler's processes
 MAX_SIZE = 1 << 24  # bytes in a struct (16 MiB)
 MAX_DEPTH = 64  # structs nested in structs
 _ALIGN = "mmapipc_probe_align_"
@@ -103,18 +106,28 @@ class Compiler:
         """Run the compiler; CompilerError with its first error line (temporary paths
         replaced by the names the user knows)."""
         try:
-            proc = subprocess.run([*self.command, *cmd], capture_output=True, text=True,
-                                  errors="replace", timeout=self.timeout, check=False,
-                                  stdin=subprocess.DEVNULL,
-                                  env={**os.environ, "LC_ALL": "C", "LANG": "C"})
-        except subprocess.TimeoutExpired:
-            raise CompilerError(f"{self.command[0]} took more than {self.timeout:g} s on"
-                                f" {what}: refused") from None
+            proc = subprocess.Popen([*self.command, *cmd], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    env={**os.environ, "LC_ALL": "C", "LANG": "C"},
+                                    start_new_session=True, preexec_fn=_limit_memory)
         except OSError as e:
             raise CompilerError(f"cannot run the C compiler {self.command[0]!r}:"
                                 f" {e.strerror or e}") from None
+        try:
+            _, err_bytes = proc.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise CompilerError(f"{self.command[0]} took more than {self.timeout:g} s on"
+                                f" {what}: refused") from None
+        except BaseException:
+            _kill_group(proc)
+            raise
+        stderr = err_bytes.decode("utf-8", "replace")
+        if proc.returncode != 0 and not stderr.strip() and proc.returncode < 0:
+            stderr = (f"killed by signal {-proc.returncode} (more than"
+                      f" {MEMORY_LIMIT >> 20} MiB of memory?)")
         if proc.returncode != 0:
-            lines = proc.stderr.strip().splitlines()
+            lines = stderr.strip().splitlines()
             errors = [ln for ln in lines if "error" in ln]
             first = (errors or lines or [f"exit status {proc.returncode}"])[0]
             for tmp, real in names.items():
@@ -122,6 +135,24 @@ class Compiler:
             if what in first:  # the compiler's own "file:line:col: error: ..." says it all
                 raise CompilerError(f"{self.command[0]}: {first.strip()}")
             raise CompilerError(f"{self.command[0]} could not compile {what}: {first.strip()}")
+
+
+def _limit_memory() -> None:
+    """In the compiler's process: at most MEMORY_LIMIT bytes of address space, so that a
+    header that explodes (macros expanding without end) fails instead of eating memory."""
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    except (ValueError, OSError):  # a lower hard limit is already in place
+        pass
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the compiler and everything it started (cc1, as), then reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        proc.kill()
+    proc.communicate()
 
 
 def _find_cc() -> list[str] | None:

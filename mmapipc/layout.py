@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from mmapipc.cffi_layout import layout_from_cffi
-from mmapipc.dwarf import Compiler, CompilerError, include_line, layout_from_compiler
+from mmapipc.dwarf import (
+    TIMEOUT,
+    Compiler,
+    CompilerError,
+    include_line,
+    layout_from_compiler,
+)
 from mmapipc.fields import (
     ArrayNode,
     BoolNode,
@@ -136,7 +142,7 @@ class Layout:
                include_dirs: Sequence[str | os.PathLike[str]] = (),
                defines: Mapping[str, str | None] | Sequence[str] = (),
                cc: str | Sequence[str] | None = None, cflags: Sequence[str] | None = None,
-               timeout: float = 10.0, use_compiler: bool | None = None) -> Layout:
+               timeout: float = TIMEOUT, use_compiler: bool | None = None) -> Layout:
         """Lay out the struct called name ('struct sensor', its tag or a typedef name)
         declared by C text (a header's contents).
 
@@ -160,7 +166,7 @@ class Layout:
                   include_dirs: Sequence[str | os.PathLike[str]] = (),
                   defines: Mapping[str, str | None] | Sequence[str] = (),
                   cc: str | Sequence[str] | None = None, cflags: Sequence[str] | None = None,
-                  timeout: float = 10.0, use_compiler: bool | None = None) -> Layout:
+                  timeout: float = TIMEOUT, use_compiler: bool | None = None) -> Layout:
         """Layout.from_c on a header file, compiled where it is (its own #include "..."
         lines find their files).  The path must be a regular file of at most 4 MiB."""
         p = Path(path)
