@@ -25,6 +25,7 @@ from mmapipc.fields import (
     TextNode,
     check_field_name,
     class_name,
+    item_count,
     join_path,
 )
 
@@ -184,7 +185,11 @@ def _node(ffi: Any, ctype: Any, path: str, top: str, cache: dict[str, StructNode
         item = ctype.item
         if item.kind == "primitive" and item.cname == "char":
             return TextNode(int(length))
-        return ArrayNode(_node(ffi, item, f"{path}[0]", top, cache, depth), int(length))
+        array = ArrayNode(_node(ffi, item, f"{path}[0]", top, cache, depth), int(length))
+        if item_count(array) > 1 << 16:
+            raise _refuse(top, path, f"holds more than {1 << 16} values to decode one by one"
+                          f" ({cname}): too many for a record")
+        return array
     if kind == "enum":
         size = int(ffi.sizeof(ctype))
         signed = int(ffi.cast(ctype, -1)) < 0

@@ -36,6 +36,7 @@ from mmapipc.fields import (
     TextNode,
     check_field_name,
     class_name,
+    item_count,
     join_path,
 )
 
@@ -44,6 +45,7 @@ TIMEOUT = 5.0  # seconds for one compiler run
 MEMORY_LIMIT = 2 << 30  # bytes of address space for the compiler's processes
 MAX_SIZE = 1 << 24  # bytes in a struct (16 MiB)
 MAX_DEPTH = 64  # structs nested in structs
+MAX_ITEMS = 1 << 16  # separately decoded values in a struct (members of arrays of structs)
 _ALIGN = "mmapipc_probe_align_"
 _OBJECT = "mmapipc_probe_object_"
 
@@ -563,6 +565,9 @@ class Builder:
                 node = ArrayNode(node, n)
             if last and shown is not None and isinstance(node, ArrayNode) and vector:
                 node.ctype = shown
+        if item_count(node) > MAX_ITEMS:
+            raise self.refuse(path, f"holds more than {MAX_ITEMS} values to decode one by"
+                              f" one ({spell(die)}): too many for a record")
         if vector and total is not None and node.size != total:
             raise self.refuse(path, f"is a vector of {total} bytes whose elements do not"
                               " fill it")
@@ -620,6 +625,21 @@ class Builder:
         raise self.refuse(path, f"has type {ctype}, which is not supported")
 
 
+def _read_index(obj: Path) -> Index:
+    """The probe's types; CompilerError when there is no object with DWARF to read (flags
+    such as -E, -S or -flto, or a compiler that writes something else)."""
+    try:
+        return Index.of(obj)
+    except CompilerError:
+        raise
+    except FileNotFoundError:
+        raise CompilerError("the compiler wrote no object file (do CFLAGS hold -E, -S or"
+                            " -fsyntax-only?)") from None
+    except Exception as e:  # pyelftools: ELFError, DWARFError, or a malformed section
+        raise CompilerError(f"cannot read the compiler's debug information:"
+                            f" {' '.join(str(e).split()) or type(e).__name__}") from None
+
+
 def layout_from_compiler(compiler: Compiler, header: Path, name: str, filename: str
                          ) -> tuple[StructNode, int, str]:
     """Compile probes of the header and read the struct: (root node, alignment,
@@ -635,7 +655,7 @@ def layout_from_compiler(compiler: Compiler, header: Path, name: str, filename: 
                  "-c", "-x", "c", "-o", os.fspath(obj), os.fspath(probe)]
         probe.write_text(include, encoding="utf-8", errors="surrogateescape")
         compiler.run([*compiler.args(), *debug], filename, names)
-        index = Index.of(obj)
+        index = _read_index(obj)
         spelling = resolve(index, " ".join(name.split()), filename, header)
         # The alignment, and one object of the struct: the compiler then says both.
         probe.write_text(include + f"\nchar {_ALIGN}[_Alignof({spelling})];\n"
@@ -643,7 +663,7 @@ def layout_from_compiler(compiler: Compiler, header: Path, name: str, filename: 
                          errors="surrogateescape")
         obj.unlink()
         compiler.run([*compiler.args(), *debug[:-1], os.fspath(probe)], filename, names)
-        index = Index.of(obj)
+        index = _read_index(obj)
     try:
         align_die = _type(index.variables[_ALIGN])
         object_die = _type(index.variables[_OBJECT])

@@ -808,6 +808,15 @@ def record_pairs(record: LayoutRecord) -> list[str]:
     return out
 
 
+def item_count(node: Node) -> int:
+    """How many values the node unpacks to one by one (an array of numbers is one)."""
+    if isinstance(node, StructNode):
+        return sum(item_count(child) for _, _, child in node.members)
+    if isinstance(node, ArrayNode) and not node.direct:
+        return node.length * item_count(node.item)
+    return 1
+
+
 def expands(node: Node) -> bool:
     """Is this an array shown element by element (it holds structs)?"""
     if not isinstance(node, ArrayNode):

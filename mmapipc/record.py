@@ -200,26 +200,23 @@ _SEXES = tuple(bytes([b]).decode("utf-8", "surrogateescape") for b in range(256)
 _set_tail = Student.__dict__["_tail"].__set__
 
 
-def _decode(data: bytes | bytearray | memoryview, *, _unpack: Any = _unpack_fast,
-            _make: Any = _new, _set: Any = _set_values, _sexes: Any = _SEXES) -> Student:
-    """Student.from_bytes, as one function: what a Reader calls for every changed record
-    (the keywords bind what it uses as locals: never pass them).
+def _decode(data: bytes | bytearray | memoryview, _unpack: Any = _unpack_fast,
+            _make: Any = _new, _set: Any = _set_values, _sexes: Any = _SEXES,
+            _student: Any = Student) -> Student:
+    """Student.from_bytes, as one function: what a Reader calls for every changed record.
 
-    The name is decoded whole and cut at its first NUL: a NUL is one byte in UTF-8 and
-    never part of a sequence, so the text before it decodes the same either way.
+    The defaults bind what it uses as locals (positional defaults are the cheapest to
+    fill): never pass them.
     """
     try:
         id_, raw, sex = _unpack(data)
     except struct.error:
         raise ValueError(f"a record is {RECORD_SIZE} bytes, got {len(data)}") from None
-    text = raw.decode("utf-8", "surrogateescape")
-    name = text.rstrip("\0")  # the usual case: the name, then zeros
-    self: Student = _make(Student)
-    if "\0" in name:  # bytes after the name's first NUL are not part of it
-        name = name[: name.index("\0")]
-    elif len(name) == len(text):  # no NUL at all: C's %s runs on into sex and the padding
+    name, nul, _ = raw.partition(b"\0")  # the name ends at its first NUL
+    self: Student = _make(_student)
+    if not nul:  # no NUL at all: C's %s runs on into sex and the padding
         _set_tail(self, bytes(data[OFFSETS["sex"]:]).split(b"\0", 1)[0])
-    _set(self, (id_, name, _sexes[sex]))
+    _set(self, (id_, name.decode("utf-8", "surrogateescape"), _sexes[sex]))
     return self
 
 
