@@ -5,6 +5,7 @@ struct STU is a layout like any other, whose records are Students."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -258,3 +259,72 @@ def test_student_is_the_record_class_of_the_stu_layout(tmp_path: Path) -> None:
     with Writer(path, layout=STUDENT) as w, Reader(path) as r:
         w.write(s)
         assert r.read() == s and type(r.read()) is Student
+
+
+# ---- hostile input ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_compiler", [True, False])
+def test_too_many_values_to_decode_is_refused_quickly(use_compiler: bool) -> None:
+    start = time.monotonic()
+    with pytest.raises(LayoutError, match="more than 65536 values to decode one by one"):
+        Layout.from_c("struct pt { int a; char b; }; struct rec { struct pt arr[2000000]; };",
+                      "rec", use_compiler=use_compiler)
+    big = Layout.from_c("struct rec { double d[1000000]; };", "rec",
+                        use_compiler=use_compiler)  # numbers: one item, however many
+    assert big.size == 8_000_000 and len(big.members) == 1
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize(("cflags", "needle"), [
+    (["-E"], "cannot read the compiler's debug information"),
+    (["-fsyntax-only"], "wrote no object file"),
+    (["-fno-such-flag"], "unrecognized command-line option"),
+])
+def test_flags_that_leave_no_debug_information(cflags: list[str], needle: str) -> None:
+    with pytest.raises(LayoutError) as info:
+        Layout.from_c("struct s { int a; };", "s", cflags=cflags)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+    # flags that would drop or hide the debug information are overridden
+    assert Layout.from_c("struct s { int a; };", "s", cflags=["-g0", "-flto", "-O2"]).size == 4
+
+
+@pytest.mark.parametrize(("name", "needle"), [
+    ("struct s; int x", "not a struct name"),
+    ("s[2]", "no struct 's[2]'"),
+    ("struct", "no struct 'struct'"),
+    ("enum e", "e is an enum"),
+])
+def test_struct_names_that_are_not_one(name: str, needle: str) -> None:
+    with pytest.raises(LayoutError, match=re.escape(needle)):
+        Layout.from_c("enum e { A }; struct s { int a; };", name)
+
+
+def test_header_paths_that_cannot_be_included(tmp_path: Path) -> None:
+    odd = tmp_path / 'a"b.h'
+    odd.write_text("struct s { int a; };\n")
+    with pytest.raises(LayoutError, match="cannot be included"):
+        Layout.from_file(odd, "s")
+    assert Layout.from_file(odd, "s", use_compiler=False).size == 4
+
+
+def test_a_compiler_that_hangs_is_killed(tmp_path: Path) -> None:
+    """The compiler and what it started (as cc1 is) are killed at the time-out."""
+    fake = tmp_path / "slowcc"
+    pidfile = tmp_path / "child.pid"
+    fake.write_text(f"#!/bin/sh\nsleep 30 &\necho $! > {pidfile}\nwait\n")
+    fake.chmod(0o755)
+    start = time.monotonic()
+    with pytest.raises(LayoutError, match=r"took more than 0\.5 s"):
+        Layout.from_c("struct s { int a; };", "s", cc=str(fake), timeout=0.5)
+    assert time.monotonic() - start < 5
+    child = int(pidfile.read_text())
+    for _ in range(100):
+        try:  # gone, or a zombie that nobody reaps here (state Z): not running either way
+            if Path(f"/proc/{child}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                break
+        except FileNotFoundError:
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail(f"the compiler's child {child} outlived the time-out")
