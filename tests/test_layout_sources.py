@@ -5,8 +5,8 @@ struct STU is a layout like any other, whose records are Students."""
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 import time
