@@ -85,13 +85,15 @@ class Compiler:
             command = _find_cc()
             if command is None:
                 return None
-        elif isinstance(cc, str):
-            command = shlex.split(cc)
         else:
-            command = list(cc)
-        if not command:
-            return None
-        flags = shlex.split(os.environ.get("CFLAGS", "")) if cflags is None else list(cflags)
+            try:
+                command = shlex.split(cc) if isinstance(cc, str) else [str(c) for c in cc]
+            except ValueError as e:
+                raise LayoutError(f"cannot read the compiler command {cc!r}: {e}") from None
+            if not command:
+                raise LayoutError("the C compiler command is empty")
+        flags = (_split(os.environ.get("CFLAGS", ""), "$CFLAGS") if cflags is None
+                 else [str(f) for f in cflags])
         return cls(tuple(command), tuple(flags), tuple(os.fspath(d) for d in include_dirs),
                    _defines(defines), timeout)
 
@@ -157,10 +159,17 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     proc.communicate()
 
 
+def _split(text: str, what: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError as e:
+        raise LayoutError(f"cannot read {what} ({text!r}): {e}") from None
+
+
 def _find_cc() -> list[str] | None:
     env = os.environ.get("CC")
     if env and env.strip():
-        return shlex.split(env)
+        return _split(env, "$CC")
     for name in ("cc", "gcc", "clang"):
         if shutil.which(name):
             return [name]

@@ -328,3 +328,20 @@ def test_a_compiler_that_hangs_is_killed(tmp_path: Path) -> None:
         time.sleep(0.01)
     else:
         pytest.fail(f"the compiler's child {child} outlived the time-out")
+
+
+@pytest.mark.parametrize(("env", "args", "needle"), [
+    ({"CFLAGS": '-I"x'}, [], "cannot read $CFLAGS"),
+    ({"CC": 'gcc "'}, [], "cannot read $CC"),
+    ({}, ["--cc", ""], "the C compiler command is empty"),
+    ({}, ["--cc", "/nonexistent/cc"], "cannot run the C compiler '/nonexistent/cc'"),
+    ({"CFLAGS": "-fno-such-flag"}, [], "unrecognized command-line option"),
+])
+def test_cli_bad_compiler_settings(tmp_path: Path, env: dict[str, str], args: list[str],
+                                   needle: str) -> None:
+    header = tmp_path / "h.h"
+    header.write_text("struct s { int a; };\n")
+    proc = subprocess.run([sys.executable, "-m", "mmapipc", "layout", str(header), "s", *args],
+                          env={**os.environ, **env}, capture_output=True, check=False,
+                          cwd=tmp_path)
+    assert_clean_error(proc, "mmapipc layout:", needle)
