@@ -166,6 +166,19 @@ def _split(text: str, what: str) -> list[str]:
         raise LayoutError(f"cannot read {what} ({text!r}): {e}") from None
 
 
+def run_probe(exe: Path, data: bytes, timeout: float) -> tuple[int, bytes]:
+    """Run a compiled probe with data on its stdin: (status, stdout).  It runs in its own
+    process group, killed whole at the time-out (subprocess.TimeoutExpired)."""
+    proc = subprocess.Popen([os.fspath(exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        out, _ = proc.communicate(data, timeout=timeout)
+    except BaseException:
+        _kill_group(proc)
+        raise
+    return proc.returncode, out
+
+
 def _find_cc() -> list[str] | None:
     env = os.environ.get("CC")
     if env and env.strip():

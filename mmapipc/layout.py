@@ -36,6 +36,7 @@ from mmapipc.dwarf import (
     CompilerError,
     include_line,
     layout_from_compiler,
+    run_probe,
 )
 from mmapipc.fields import (
     ArrayNode,
@@ -371,7 +372,7 @@ class Layout:
     # ---- the compiler's view ----------------------------------------------------
 
     def check(self, cc: str | Sequence[str] | None = None,
-              cflags: Sequence[str] | None = None, timeout: float = 60.0) -> CheckReport:
+              cflags: Sequence[str] | None = None, timeout: float = 10.0) -> CheckReport:
         """Cross-check the layout with the C compiler, independently of how it was made.
 
         Compiles AND RUNS a probe that includes the header (so it executes code built
@@ -420,13 +421,12 @@ class Layout:
             except CompilerError as e:
                 raise LayoutCheckError(str(e)) from None
             try:
-                run = subprocess.run([str(exe)], input=data, capture_output=True,
-                                     timeout=timeout, check=False)
+                status, out = run_probe(exe, data, timeout)
             except (OSError, subprocess.TimeoutExpired) as e:
                 raise LayoutCheckError(f"the probe did not run: {e}") from None
-        lines = run.stdout.decode("ascii", "replace").split("\n")
-        if run.returncode != 0 or len(lines) < len(members) + 2 + len(expected):
-            raise LayoutCheckError(f"the probe failed (status {run.returncode})")
+        lines = out.decode("ascii", "replace").split("\n")
+        if status != 0 or len(lines) < len(members) + 2 + len(expected):
+            raise LayoutCheckError(f"the probe failed (status {status})")
         head = lines[0].split()
         wrong: list[str] = []
         if int(head[0]) != self.size:
@@ -603,24 +603,25 @@ def _probe_source(cname: str, include: str, paths: Sequence[str],
                   leaves: Sequence[tuple[str, Node]]) -> str:
     lines = [
         "#include <stdio.h>", "#include <stddef.h>", "#include <string.h>",
-        "static void mm_text(const char *s, size_t n)", "{",
+        "static void mmapipc_probe_text(const char *s, size_t n)", "{",
         "    size_t i = 0;",
         "    for (; i < n && s[i]; i++)",
         "        printf(\"%02x\", (unsigned)(unsigned char)s[i]);",
         '    printf(i ? "\\n" : "-\\n");', "}",
         include.rstrip("\n"),
-        f"static {cname} mm_rec;",
+        f"static {cname} mmapipc_probe_rec;",
         "int main(void)", "{",
-        f"    {cname} *r = &mm_rec;",
+        f"    {cname} *mmapipc_probe_r = &mmapipc_probe_rec;",
         f'    printf("%zu %zu\\n", sizeof({cname}), (size_t)_Alignof({cname}));',
     ]
     for path in paths:
         lines.append(f'    printf("%zu %zu\\n", offsetof({cname}, {path}),'
                      f" sizeof((({cname} *)0)->{path}));")
-    lines += ["    if (fread(r, 1, sizeof *r, stdin) != sizeof *r)", "        return 3;",
+    lines += ["    if (fread(mmapipc_probe_r, 1, sizeof *mmapipc_probe_r, stdin)"
+              " != sizeof *mmapipc_probe_r)", "        return 3;",
               '    printf("values\\n");']
     for path, node in leaves:
-        lines += _print_leaf(node, f"r->{path}", 1)
+        lines += _print_leaf(node, f"mmapipc_probe_r->{path}", 1)
     lines += ["    return 0;", "}", ""]
     return "\n".join(lines)
 
@@ -628,11 +629,11 @@ def _probe_source(cname: str, include: str, paths: Sequence[str],
 def _print_leaf(node: Node, expr: str, depth: int) -> list[str]:
     pad = "    " * depth
     if isinstance(node, ArrayNode):
-        i = f"i{depth}"
+        i = f"mmapipc_probe_i{depth}"
         return [f"{pad}for (size_t {i} = 0; {i} < {node.length}; {i}++)", f"{pad}{{",
                 *_print_leaf(node.item, f"{expr}[{i}]", depth + 1), f"{pad}}}"]
     if isinstance(node, TextNode):
-        return [f"{pad}mm_text((const char *)({expr}), {node.size});"]
+        return [f"{pad}mmapipc_probe_text((const char *)({expr}), {node.size});"]
     if isinstance(node, CharNode):
         return [f'{pad}printf("%d\\n", (int)(unsigned char)({expr}));']
     if isinstance(node, BoolNode):

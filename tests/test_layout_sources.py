@@ -16,7 +16,7 @@ import pytest
 from conftest import assert_clean_error, run_cli
 
 import mmapipc
-from mmapipc import Layout, LayoutError, LayoutRecord, Reader, Student, Writer
+from mmapipc import Layout, LayoutCheckError, LayoutError, LayoutRecord, Reader, Student, Writer
 from mmapipc.record import STUDENT
 
 PLAIN = """
@@ -345,3 +345,21 @@ def test_cli_bad_compiler_settings(tmp_path: Path, env: dict[str, str], args: li
                           env={**os.environ, **env}, capture_output=True, check=False,
                           cwd=tmp_path)
     assert_clean_error(proc, "mmapipc layout:", needle)
+
+
+def test_check_runs_the_headers_code_with_a_time_out(tmp_path: Path) -> None:
+    """check() executes what the header makes run (a constructor here): it is stopped."""
+    source = ("static void __attribute__((constructor)) spin(void) { for (;;) ; }\n"
+              "struct s { int a; };\n")
+    layout = Layout.from_c(source, "s")  # laying out compiles only: nothing runs
+    start = time.monotonic()
+    with pytest.raises(LayoutCheckError, match="the probe did not run"):
+        layout.check(timeout=1.0)
+    assert time.monotonic() - start < 10
+
+
+def test_check_with_macros_that_look_like_probe_names() -> None:
+    source = ("#define r 5\n#define mm_rec oops\n#define s_text x\n#define i1 {\n"
+              "struct s { char t[4]; int a[r]; };\n")
+    layout = Layout.from_c(source, "s")
+    assert layout.size == 24 and layout.check().values == 1 + 5
