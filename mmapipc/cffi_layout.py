@@ -53,6 +53,9 @@ def refuse_preprocessing(text: str, filename: str) -> None:
             directive = "#" + (stripped[1:].split() or [""])[0]
             raise LayoutError(f"{filename}:{n}: {directive} {NEED_COMPILER}: without one only"
                               " plain declarations and #define NAME <integer> are read")
+        if re.search(r"\.\.\.\s*[;\]]", line):
+            raise LayoutError(f"{filename}:{n}: '...' in a struct or an array size is not C"
+                              " (it is cffi's placeholder for what a compiler knows)")
         m = _NEEDS_CC.search(line)
         if m is not None:
             raise LayoutError(f"{filename}:{n}: {m.group()} {NEED_COMPILER}: without one only"
@@ -104,7 +107,10 @@ def _resolve(ffi: Any, text: str, name: str, filename: str) -> tuple[Any, str]:
                 raise LayoutError(f"{name}: {e}") from None
             raise LayoutError(f"{candidate}: field {m.group(1)} is {m.group(2)}, which is"
                               " declared but not defined") from None
-        except Exception:  # cffi: CDefError, FFIError, KeyError for unknown names
+        except Exception as e:  # cffi: CDefError, FFIError, KeyError for unknown names
+            if candidate.split()[0] == "struct":  # declared, yet cffi cannot lay it out
+                raise LayoutError(f"{candidate}: cffi cannot lay it out ("
+                                  f"{' '.join(str(e).split()) or type(e).__name__})") from None
             continue
         if ctype.kind != "struct":
             what = {"union": "a union", "enum": "an enum", "pointer": "a pointer",

@@ -363,3 +363,15 @@ def test_check_with_macros_that_look_like_probe_names() -> None:
               "struct s { char t[4]; int a[r]; };\n")
     layout = Layout.from_c(source, "s")
     assert layout.size == 24 and layout.check().values == 1 + 5
+
+
+@pytest.mark.parametrize(("source", "needle"), [
+    ("struct s { int a; ...; };", "1: '...' in a struct or an array size is not C"),
+    ("struct s { int a[...]; };", "1: '...' in a struct or an array size is not C"),
+    ("struct s { int a; };\nstruct s { int b; };", "duplicate declaration of struct s"),
+    ("struct s { char a[0x7fffffffffff]; };", "more than the 16777216-byte limit"),
+])
+def test_cffi_parser_errors_are_one_line(source: str, needle: str) -> None:
+    with pytest.raises(LayoutError) as info:
+        Layout.from_c(source, "s", use_compiler=False)
+    assert needle in str(info.value) and "\n" not in str(info.value)
