@@ -769,12 +769,18 @@ def safe_formatter(template: str) -> Callable[[LayoutRecord], str]:
             out.append(literal)
             if steps is None:
                 continue
-            value = _lookup(record, steps, field)
+            try:
+                value = _lookup(record, steps, field)
+            except ValueError as e:
+                raise ValueError(f"{bad}: {e}") from None
             if conv == "r":
                 value = repr(value)
             elif conv == "s":
                 value = str(value)
-            out.append(format(value, spec))
+            try:
+                out.append(format(value, spec))
+            except (ValueError, TypeError, OverflowError) as e:  # e.g. {id:c} of a big id
+                raise ValueError(f"{bad}: {field}={value!r}: {e}") from None
         return "".join(out)
 
     return fmt

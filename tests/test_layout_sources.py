@@ -375,3 +375,11 @@ def test_cffi_parser_errors_are_one_line(source: str, needle: str) -> None:
     with pytest.raises(LayoutError) as info:
         Layout.from_c(source, "s", use_compiler=False)
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cli_format_that_fails_on_a_later_record(tmp_path: Path) -> None:
+    """{id:c} formats id 10 but not id 2**30: a one-line error when that record comes."""
+    path = tmp_path / "stu"
+    assert run_cli("write", path, "--count", "1", "--id", str(2**30)).returncode == 0
+    assert_clean_error(run_cli("read", path, "--count", "1", "--format", "{id:c}"),
+                       "mmapipc read: bad --format '{id:c}': id=1073741824:")
