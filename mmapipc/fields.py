@@ -876,7 +876,19 @@ def _decoder(root: StructNode) -> Callable[[bytes], Any]:
     source = ("def decode(data):\n    try:\n        v = _unpack(data)\n"
               "    except _error:\n        raise _bad(data) from None\n"
               f"    return {body}\n")
-    exec(compile(source, f"<decoder of {root.ctype}>", "exec"), env)
+    try:
+        exec(compile(source, f"<decoder of {root.ctype}>", "exec"), env)
+    except (SyntaxError, RecursionError, MemoryError):  # too deeply nested to be one expression
+        unpack, build, bad = root.packer.unpack, root.build, env["_bad"]
+
+        def generic(data: bytes) -> Any:
+            try:
+                v = unpack(data)
+            except struct.error:
+                raise bad(data) from None
+            return build(v, 0)[0]
+
+        return generic
     decode: Callable[[bytes], Any] = env["decode"]
     return decode
 

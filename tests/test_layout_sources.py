@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import assert_clean_error, run_cli
@@ -383,3 +384,21 @@ def test_cli_format_that_fails_on_a_later_record(tmp_path: Path) -> None:
     assert run_cli("write", path, "--count", "1", "--id", str(2**30)).returncode == 0
     assert_clean_error(run_cli("read", path, "--count", "1", "--format", "{id:c}"),
                        "mmapipc read: bad --format '{id:c}': id=1073741824:")
+
+
+def test_deeply_nested_arrays_of_structs_decode(tmp_path: Path) -> None:
+    """Too deep for one generated expression: decoded member by member, the same values."""
+    lines = ["struct s0 { int a; };"]
+    lines += [f"struct s{k} {{ struct s{k - 1} in[1][1]; char c; }};" for k in range(1, 60)]
+    header = tmp_path / "deep.h"
+    header.write_text("\n".join(lines) + "\n")
+    layout = Layout.from_file(header, "s59")
+    data = bytes(range(1, layout.size + 1))
+    rec = layout.decode(data)
+    plain: Any = LayoutRecord.as_dict(rec)
+    for _ in range(59):
+        plain = plain["in"][0][0]
+    assert plain["a"] == int.from_bytes(data[:4], sys.byteorder)
+    canonical = layout.encode(rec)  # padding zeroed
+    assert layout.decode(canonical) == rec and layout.check().values == 60
+    assert_clean_error(run_cli("layout", header, "s60"), "no struct 's60'")
