@@ -333,6 +333,12 @@ class Layout:
         lines.append(f"{self.size:>6}  (size)".encode())
         return b"\n".join(lines) + b"\n"
 
+    def laid_out_by(self) -> str:
+        """Where the layout came from, in words."""
+        if self.compiler is not None:
+            return f"laid out by {self.compiler.command[0]} (its debug information)"
+        return "laid out by cffi's parser (no C compiler)"
+
     def table(self) -> str:
         """Every member with its offset, size and C type, and the padding between."""
         rows: list[tuple[int, int, str, str]] = []
@@ -349,7 +355,7 @@ class Layout:
                 rows.append((off, length, "", "(padding)"))
         rows.sort(key=lambda r: r[0])
         width = max([len(r[2]) for r in rows] + [6])
-        out = [f"{self.name}: {self.size} bytes, aligned to {self.align}",
+        out = [f"{self.name}: {self.size} bytes, aligned to {self.align}; {self.laid_out_by()}",
                f"{'offset':>6}  {'size':>5}  {'C type':<{width}}  field"]
         for off, size, ctype, path in rows:
             out.append(f"{off:>6}  {size:>5}  {ctype:<{width}}  {path}".rstrip())
