@@ -109,11 +109,15 @@ class Compiler:
     def run(self, cmd: Sequence[str], what: str, names: Mapping[str, str]) -> None:
         """Run the compiler; CompilerError with its first error line (temporary paths
         replaced by the names the user knows)."""
+        if shutil.which(self.command[0]) is None:
+            raise CompilerError(f"cannot run the C compiler {self.command[0]!r}: not found"
+                                " or not executable")
         try:
-            proc = subprocess.Popen([*self.command, *cmd], stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            proc = subprocess.Popen([*_limited(), *self.command, *cmd],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE,
                                     env={**os.environ, "LC_ALL": "C", "LANG": "C"},
-                                    start_new_session=True, preexec_fn=_limit_memory)
+                                    start_new_session=True)
         except OSError as e:
             raise CompilerError(f"cannot run the C compiler {self.command[0]!r}:"
                                 f" {e.strerror or e}") from None
@@ -141,13 +145,15 @@ class Compiler:
             raise CompilerError(f"{self.command[0]} could not compile {what}: {first.strip()}")
 
 
-def _limit_memory() -> None:
-    """In the compiler's process: at most MEMORY_LIMIT bytes of address space, so that a
-    header that explodes (macros expanding without end) fails instead of eating memory."""
-    try:
-        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
-    except (ValueError, OSError):  # a lower hard limit is already in place
-        pass
+def _limited() -> list[str]:
+    """A prefix that runs a command with at most MEMORY_LIMIT bytes of address space (the
+    shell's ulimit, so that nothing runs between fork and exec), so that a header that
+    explodes (macros expanding without end) fails instead of eating the machine's memory.
+    Empty where there is no shell, or the current limit is already lower."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if not os.path.exists("/bin/sh") or 0 <= soft <= MEMORY_LIMIT:
+        return []
+    return ["/bin/sh", "-c", f'ulimit -v {MEMORY_LIMIT >> 10} 2>/dev/null; exec "$@"', "sh"]
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -2,7 +2,7 @@
 
 Each header in tests/headers/ names its struct on its first line and what to expect:
 ``ok``, ``size=N``/``align=N`` (the compiler's numbers, also checked), or
-``refused="words"`` (a one-line LayoutError containing them).  A laid-out struct is
+``refused="words"`` (a one-line LayoutError containing them, or one of "a|b").  A laid-out struct is
 then cross-checked with ``Layout.check()``: a C program compiled from the same header
 prints sizeof, _Alignof, every member's offsetof and sizeof, and every field of a record
 encoded here.  Nothing may hang, explode or end in a traceback.
@@ -50,7 +50,7 @@ def test_header(header: Path, cc: str) -> None:
         with pytest.raises(LayoutError) as info:
             Layout.from_file(header, name)
         message = str(info.value)
-        assert expect["refused"] in message, message
+        assert any(words in message for words in expect["refused"].split("|")), message
         assert "\n" not in message and "Traceback" not in message
     else:
         layout = Layout.from_file(header, name)
