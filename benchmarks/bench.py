@@ -262,7 +262,7 @@ def micro_markdown(res: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------
 
 SENSOR_H = """
-#include <stdint.h>
+/* plain declarations (cffi knows the <stdint.h> types): laid out with or without cc */
 #define NAME_LEN 16
 struct point { int16_t x, y; double z; };
 typedef struct sensor {
