@@ -402,3 +402,19 @@ def test_deeply_nested_arrays_of_structs_decode(tmp_path: Path) -> None:
     canonical = layout.encode(rec)  # padding zeroed
     assert layout.decode(canonical) == rec and layout.check().values == 60
     assert_clean_error(run_cli("layout", header, "s60"), "no struct 's60'")
+
+
+def test_importing_mmapipc_runs_no_compiler(tmp_path: Path) -> None:
+    """struct STU's layout comes from the compiled core: no compiler at import, or for STU."""
+    log = tmp_path / "ran"
+    spy = tmp_path / "cc"
+    spy.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\nexit 1\n")
+    spy.chmod(0o755)
+    code = ("import mmapipc, mmapipc.cli\n"
+            "from mmapipc.record import STUDENT\n"
+            "print(STUDENT.size, STUDENT.table().splitlines()[0])\n")
+    env = {**os.environ, "CC": str(spy), "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.startswith("28 struct STU: 28 bytes, aligned to 4; laid out by the compiled core")
+    assert not log.exists()
