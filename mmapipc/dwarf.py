@@ -64,6 +64,14 @@ class CompilerError(LayoutError):
     """The C compiler is missing, failed on the probe, or took too long."""
 
 
+class CompilerTimeout(CompilerError):
+    """The C compiler took longer than its time-out and was killed."""
+
+
+def _is_ident(text: str) -> bool:
+    return text.isidentifier() and text.isascii()
+
+
 @dataclass(frozen=True)
 class Compiler:
     """How to run the C compiler: the command ($CC), flags ($CFLAGS), -I and -D."""
@@ -125,8 +133,8 @@ class Compiler:
             _, err_bytes = proc.communicate(timeout=self.timeout)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
-            raise CompilerError(f"{self.command[0]} took more than {self.timeout:g} s on"
-                                f" {what}: refused") from None
+            raise CompilerTimeout(f"{self.command[0]} took more than {self.timeout:g} s on"
+                                  f" {what}: refused") from None
         except BaseException:
             _kill_group(proc)
             raise
@@ -670,9 +678,16 @@ def _read_index(obj: Path) -> Index:
 
 def layout_from_compiler(compiler: Compiler, header: Path, name: str, filename: str
                          ) -> tuple[StructNode, int, str]:
-    """Compile probes of the header and read the struct: (root node, alignment,
-    the C spelling of the type).  Runs the compiler twice, runs nothing it builds."""
+    """Compile a probe of the header and read the struct: (root node, alignment, the C
+    spelling of the type).  Runs nothing it builds.
+
+    The probe declares one object of the struct and an array as long as its alignment,
+    spelling the type as given ('struct s', or a typedef name).  If that does not compile
+    (the name is a tag, or not declared), a probe of the header alone says what the name
+    is, and a second probe spells it right.
+    """
     include = include_line(header)
+    name = " ".join(name.split())
     names = {os.fspath(header.resolve()): filename}
     with tempfile.TemporaryDirectory(prefix="mmapipc-layout-") as tmp:
         probe = Path(tmp, "probe.c")
@@ -681,17 +696,35 @@ def layout_from_compiler(compiler: Compiler, header: Path, name: str, filename: 
         names[tmp + os.sep] = ""
         debug = ["-g", "-gdwarf-4", "-fno-lto", "-fno-eliminate-unused-debug-types",
                  "-c", "-x", "c", "-o", os.fspath(obj), os.fspath(probe)]
-        probe.write_text(include, encoding="utf-8", errors="surrogateescape")
-        compiler.run([*compiler.args(), *debug], filename, names)
-        index = _read_index(obj)
-        spelling = resolve(index, " ".join(name.split()), filename, header)
-        # The alignment, and one object of the struct: the compiler then says both.
-        probe.write_text(include + f"\nchar {_ALIGN}[_Alignof({spelling})];\n"
-                         f"{spelling} {_OBJECT};\n", encoding="utf-8",
-                         errors="surrogateescape")
-        obj.unlink()
-        compiler.run([*compiler.args(), *debug[:-1], os.fspath(probe)], filename, names)
-        index = _read_index(obj)
+
+        def compile_probe(spelling: str | None) -> Index:
+            text = include
+            if spelling is not None:  # the alignment and one object: the compiler says both
+                text += (f"\nchar {_ALIGN}[_Alignof({spelling})];\n"
+                         f"{spelling} {_OBJECT};\n")
+            probe.write_text(text, encoding="utf-8", errors="surrogateescape")
+            obj.unlink(missing_ok=True)
+            compiler.run([*compiler.args(), *debug], filename, names)
+            return _read_index(obj)
+
+        index: Index | None = None
+        words = name.split()
+        guess = name if (len(words) == 2 and words[0] == "struct" and _is_ident(words[1])
+                         ) or (len(words) == 1 and _is_ident(name)) else None
+        if guess is not None:
+            try:
+                index = compile_probe(guess)
+            except CompilerTimeout:
+                raise
+            except CompilerError:
+                index = None  # not a type by that spelling: find out below
+            if index is not None and resolve(index, name, filename, header) != guess:
+                index = None  # a macro made it compile: spell the type as DWARF names it
+        if index is None:
+            spelling = resolve(compile_probe(None), name, filename, header)
+            index = compile_probe(spelling)
+        else:
+            spelling = guess or name
     try:
         align_die = _type(index.variables[_ALIGN])
         object_die = _type(index.variables[_OBJECT])
