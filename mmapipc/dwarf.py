@@ -48,6 +48,7 @@ MAX_DEPTH = 64  # structs nested in structs
 MAX_ITEMS = 1 << 16  # separately decoded values in a struct (members of arrays of structs)
 _ALIGN = "mmapipc_probe_align_"
 _OBJECT = "mmapipc_probe_object_"
+_SENTINEL = "mmapipc_probe_sentinel_"
 
 # DW_ATE_* encodings of base types
 _ATE_BOOLEAN = 0x02
@@ -698,7 +699,7 @@ def layout_from_compiler(compiler: Compiler, header: Path, name: str, filename: 
                  "-c", "-x", "c", "-o", os.fspath(obj), os.fspath(probe)]
 
         def compile_probe(spelling: str | None) -> Index:
-            text = include
+            text = include + f"\nchar {_SENTINEL};\n"  # debug information, whatever the header
             if spelling is not None:  # the alignment and one object: the compiler says both
                 text += (f"\nchar {_ALIGN}[_Alignof({spelling})];\n"
                          f"{spelling} {_OBJECT};\n")
@@ -708,23 +709,29 @@ def layout_from_compiler(compiler: Compiler, header: Path, name: str, filename: 
             return _read_index(obj)
 
         index: Index | None = None
+        spelling = name
         words = name.split()
-        guess = name if (len(words) == 2 and words[0] == "struct" and _is_ident(words[1])
-                         ) or (len(words) == 1 and _is_ident(name)) else None
-        if guess is not None:
+        if len(words) == 2 and words[0] == "struct" and _is_ident(words[1]):
+            guesses = [name]
+        elif len(words) == 1 and _is_ident(name):
+            guesses = [name, f"struct {name}"]  # a typedef name, else a tag
+        else:
+            guesses = []
+        for guess in guesses:
             try:
                 index = compile_probe(guess)
             except CompilerTimeout:
                 raise
             except CompilerError:
-                index = None  # not a type by that spelling: find out below
-            if index is not None and resolve(index, name, filename, header) != guess:
-                index = None  # a macro made it compile: spell the type as DWARF names it
+                continue  # not a type by that spelling
+            if resolve(index, name, filename, header) == guess:
+                spelling = guess
+                break
+            index = None  # a macro made it compile: spell the type as DWARF names it
+            break
         if index is None:
             spelling = resolve(compile_probe(None), name, filename, header)
             index = compile_probe(spelling)
-        else:
-            spelling = guess or name
     try:
         align_die = _type(index.variables[_ALIGN])
         object_die = _type(index.variables[_OBJECT])

@@ -418,3 +418,25 @@ def test_importing_mmapipc_runs_no_compiler(tmp_path: Path) -> None:
                          text=True, check=True).stdout
     assert out.startswith("28 struct STU: 28 bytes, aligned to 4; laid out by the compiled core")
     assert not log.exists()
+
+
+@pytest.mark.parametrize(("source", "name", "result"), [
+    ("typedef struct pt { short x; int y; } pt_t;", "pt_t", "pt_t"),
+    ("typedef struct pt { short x; int y; } pt_t;", "pt", "struct pt"),
+    ("typedef struct pt { short x; int y; } pt_t;", "struct pt", "struct pt"),
+    ("typedef struct { short x; int y; } anon;", "anon", "anon"),
+    ("typedef struct pt { short x; } pt; ", "pt", "pt"),
+    ("#define rec struct real\nstruct real { int a; };", "rec", "LayoutError: no struct 'rec'"),
+    ("typedef int rec; struct rec { char c; };", "rec", "LayoutError: rec is int, not a struct"),
+    ("typedef int rec; struct rec { char c; };", "struct rec", "struct rec"),
+    ("struct q; typedef struct q qt;", "qt", "LayoutError: qt is struct q, which is declared"),
+    ("struct q;", "q", "LayoutError: no struct 'q'"),
+    ("", "q", "LayoutError: no struct 'q' in <source> (it declares: no struct)"),
+])
+def test_what_a_name_means(source: str, name: str, result: str) -> None:
+    """A typedef name first, then a tag, as C's namespaces have them; macros do not count."""
+    try:
+        got = Layout.from_c(source, name).name
+    except LayoutError as e:
+        got = f"LayoutError: {e}"
+    assert got.startswith(result)
