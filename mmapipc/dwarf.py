@@ -46,6 +46,7 @@ MEMORY_LIMIT = 2 << 30  # bytes of address space for the compiler's processes
 MAX_SIZE = 1 << 24  # bytes in a struct (16 MiB)
 MAX_DEPTH = 64  # structs nested in structs
 MAX_ITEMS = 1 << 16  # separately decoded values in a struct (members of arrays of structs)
+MAX_ENTRIES = 20000  # relocated names in the debug information: reading each costs ~100 us
 _ALIGN = "mmapipc_probe_align_"
 _OBJECT = "mmapipc_probe_object_"
 _SENTINEL = "mmapipc_probe_sentinel_"
@@ -237,11 +238,19 @@ def include_line(header: Path) -> str:
 def _dies(obj: Path) -> tuple[list[Any], list[str]]:
     """The top-level DIEs of the object's compilation unit, and its file names."""
     from elftools.elf.elffile import ELFFile
+    from elftools.elf.relocation import RelocationSection
 
     if True:  # the whole object in memory: DIEs are read lazily, after this returns
         elf = ELFFile(io.BytesIO(obj.read_bytes()))
         if not elf.has_dwarf_info():
             raise CompilerError("the compiler wrote no debug information (DWARF)")
+        relocations = elf.get_section_by_name(".rela.debug_info") or elf.get_section_by_name(
+            ".rel.debug_info")
+        if isinstance(relocations, RelocationSection) and (
+                relocations.num_relocations() > MAX_ENTRIES):
+            raise LayoutError(f"the header's debug information has more than {MAX_ENTRIES}"
+                              " named entries to read (a struct with that many members?):"
+                              " refused")
         info = elf.get_dwarf_info()
         tops: list[Any] = []
         files: list[str] = []
@@ -667,7 +676,7 @@ def _read_index(obj: Path) -> Index:
     such as -E, -S or -flto, or a compiler that writes something else)."""
     try:
         return Index.of(obj)
-    except CompilerError:
+    except LayoutError:
         raise
     except FileNotFoundError:
         raise CompilerError("the compiler wrote no object file (do CFLAGS hold -E, -S or"
@@ -695,17 +704,21 @@ def layout_from_compiler(compiler: Compiler, header: Path, name: str, filename: 
         obj = Path(tmp, "probe.o")
         names[os.fspath(probe)] = "probe.c"
         names[tmp + os.sep] = ""
-        debug = ["-g", "-gdwarf-4", "-fno-lto", "-fno-eliminate-unused-debug-types",
-                 "-c", "-x", "c", "-o", os.fspath(obj), os.fspath(probe)]
+        debug = ["-g", "-gdwarf-4", "-fno-lto", "-c", "-x", "c", "-o", os.fspath(obj),
+                 os.fspath(probe)]
 
         def compile_probe(spelling: str | None) -> Index:
+            """With spelling: the alignment and one object (only the types they use are in
+            the debug information); without: every type the header declares."""
             text = include + f"\nchar {_SENTINEL};\n"  # debug information, whatever the header
-            if spelling is not None:  # the alignment and one object: the compiler says both
+            every = ["-fno-eliminate-unused-debug-types"]
+            if spelling is not None:
                 text += (f"\nchar {_ALIGN}[_Alignof({spelling})];\n"
                          f"{spelling} {_OBJECT};\n")
+                every = []
             probe.write_text(text, encoding="utf-8", errors="surrogateescape")
             obj.unlink(missing_ok=True)
-            compiler.run([*compiler.args(), *debug], filename, names)
+            compiler.run([*compiler.args(), *every, *debug], filename, names)
             return _read_index(obj)
 
         index: Index | None = None
@@ -724,12 +737,16 @@ def layout_from_compiler(compiler: Compiler, header: Path, name: str, filename: 
                 raise
             except CompilerError:
                 continue  # not a type by that spelling
-            if resolve(index, name, filename, header) == guess:
+            try:
+                found = resolve(index, name, filename, header)
+            except LayoutError:
+                found = None
+            if found == guess:
                 spelling = guess
                 break
-            index = None  # a macro made it compile: spell the type as DWARF names it
+            index = None  # a macro made it compile: what the name is, the header says
             break
-        if index is None:
+        if index is None:  # what is the name? every type of the header, then the probe
             spelling = resolve(compile_probe(None), name, filename, header)
             index = compile_probe(spelling)
     try:

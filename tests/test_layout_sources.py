@@ -440,3 +440,12 @@ def test_what_a_name_means(source: str, name: str, result: str) -> None:
     except LayoutError as e:
         got = f"LayoutError: {e}"
     assert got.startswith(result)
+
+
+def test_a_struct_of_too_many_members_is_refused_quickly(tmp_path: Path) -> None:
+    header = tmp_path / "wide.h"
+    header.write_text("struct w {" + " ".join(f"int m{i};" for i in range(25000)) + "};\n")
+    start = time.monotonic()
+    with pytest.raises(LayoutError, match="more than 20000 named entries"):
+        Layout.from_file(header, "w")
+    assert time.monotonic() - start < 10
