@@ -5,10 +5,12 @@ from mmapipc.layout import Field, Layout, LayoutCheckError, LayoutError, LayoutR
 
 try:
     from mmapipc.errors import (
+        FileReplacedError,
         FileTooShortError,
         MmapipcOSError,
         NotRegularFileError,
         SymlinkError,
+        UnsafeFileError,
         UnstableRecordError,
         WouldShrinkError,
     )
@@ -26,6 +28,7 @@ except ImportError as _core_error:  # no compiled core: layouts work, mappings d
 __all__ = [
     "RECORD_SIZE",
     "Field",
+    "FileReplacedError",
     "FileTooShortError",
     "Layout",
     "LayoutCheckError",
@@ -37,6 +40,7 @@ __all__ = [
     "Reader",
     "Student",
     "SymlinkError",
+    "UnsafeFileError",
     "UnstableRecordError",
     "WouldShrinkError",
     "Writer",

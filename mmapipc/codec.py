@@ -1,4 +1,9 @@
-"""The Codec protocol: all that a mapping, a loop and the command line know of a record type."""
+"""The Codec protocols: all that a mapping, a loop and the command line know of a record type.
+
+``Codec`` is what a mapping needs (size, where the seq lock lives, bytes in and out);
+``RecordCodec`` adds the text a loop and the command line print.  Every Layout is a
+RecordCodec (struct STU's is ``mmapipc.record.STUDENT``, whose records are Students).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,8 @@ T = TypeVar("T")
 
 
 class Codec(Protocol[T]):
-    """A record type: its size, where the seq lock lives, and how to code and show it.
+    """What a mapping needs to know about a record type: its size and how to code it."""
 
-    Every Layout is one (struct STU's is ``mmapipc.record.STUDENT``, whose records are
-    Students).
-    """
-
-    name: str
     size: int
     lock_offsets: tuple[int, int] | None  # (marker, seq) padding offsets, if any
 
@@ -26,6 +26,12 @@ class Codec(Protocol[T]):
     def decode(self, data: bytes) -> T:
         """A record from any size bytes (never raises for those)."""
         ...
+
+
+class RecordCodec(Codec[T], Protocol[T]):
+    """A Codec that also says how its records are shown: what loops and the CLI use."""
+
+    name: str
 
     def line(self, record: T) -> bytes:
         """The record's default line of text (mmap_r's for struct STU), with its newline."""
