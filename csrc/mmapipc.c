@@ -52,6 +52,7 @@ struct mmapipc_channel {
     int short_file;           /* the last check found the file too short */
     struct mmapipc_wait_params wp;
     int64_t last_poll;        /* wait: when the record was last looked at */
+    int notified;             /* wait: the last look found a notifying writer */
     int64_t changes[NGAPS];   /* wait: estimated times of the last changes */
     int nchanges;
     struct mmapipc_stats st;
@@ -371,15 +372,15 @@ static void futex_wake(_Atomic uint32_t *word)
     syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
-/* Sleep until woken, the word no longer holds value, or the monotonic time
- * until; -1 (errno EINTR) if a signal cut it short. */
+/* Sleep until woken or the word no longer holds value (0), until the
+ * monotonic time until (1), or a signal (-1, errno EINTR). */
 static int futex_sleep(_Atomic uint32_t *word, uint32_t value, int64_t until)
 {
     struct timespec ts = {(time_t)(until / 1000000000), (long)(until % 1000000000)};
     if (syscall(SYS_futex, word, FUTEX_WAIT_BITSET, value, &ts, NULL,
-                FUTEX_BITSET_MATCH_ANY) == 0 || errno != EINTR)
+                FUTEX_BITSET_MATCH_ANY) == 0)
         return 0;
-    return -1;
+    return errno == ETIMEDOUT ? 1 : errno == EINTR ? -1 : 0;
 }
 
 /* Forget what was loaded (a new file, or a new mapping of it). */
@@ -1144,13 +1145,20 @@ static int64_t gap_in_force(const mmapipc_channel *ch, int64_t now)
     return last > 0 && now - last < ch->wp.idle_after ? ch->wp.max_gap : ch->wp.idle_gap;
 }
 
-/* When to look next: an eighth of the gap in force before it runs out (room
- * for a wake-up that comes late), or sooner where a regular writer is due:
+/* Room left before the bound for a wake-up that comes late: an eighth of the
+ * gap, at most half a millisecond. */
+static inline int64_t allowance(int64_t gap)
+{
+    return gap / 8 < 500000 ? gap / 8 : 500000;
+}
+
+/* When to look next: a little before the gap in force runs out (room for a
+ * wake-up that comes late), or sooner where a regular writer is due:
  * a first look a quarter of the spread of its gaps before its next change,
  * then every FINE_NS until that change is half the spread and FINE_NS late. */
 static int64_t next_look(const mmapipc_channel *ch, int64_t now)
 {
-    int64_t gap = gap_in_force(ch, now), next = now + gap - gap / 8, spread = 0;
+    int64_t gap = gap_in_force(ch, now), next = now + gap - allowance(gap), spread = 0;
     int64_t period = ch->wp.predict ? writer_period(ch, &spread) : 0;
     if (period > 0) {
         int64_t last = ch->changes[ch->nchanges - 1], tail = spread / 2 + FINE_NS;
@@ -1178,7 +1186,8 @@ static int look(mmapipc_channel *ch, int64_t now, int64_t bound, uint32_t *word,
 
 /* Between two looks, without the channel's mutex: on a notifying writer's
  * futex until it stores (or the slice ends: a legacy writer that takes over
- * wakes nobody), else until the next look is due.  -1 on a signal. */
+ * wakes nobody), else until the next look is due.  -1 on a signal; 1 when the
+ * slice ran out before the next look was due. */
 static int pause_wait(mmapipc_channel *ch, int64_t now, int64_t end, uint32_t word, int notify)
 {
     int64_t next;
@@ -1187,6 +1196,7 @@ static int pause_wait(mmapipc_channel *ch, int64_t now, int64_t end, uint32_t wo
         cpu_relax();
         return 0;
     }
+    ch->notified = notify;
     if (notify) {
         _Atomic uint32_t *addr = futex_word(ch, ch->map);
         ch->st.sleeps++;
@@ -1195,10 +1205,12 @@ static int pause_wait(mmapipc_channel *ch, int64_t now, int64_t end, uint32_t wo
     }
     next = next_look(ch, now);
     pthread_mutex_unlock(&ch->lock);
-    return sleep_until(next < end ? next : end);
+    if (next >= end)   /* the caller's next call looks first thing */
+        return sleep_until(end) == 0 ? 1 : -1;
+    return sleep_until(next);
 }
 
-int mmapipc_wait(mmapipc_channel *ch, int64_t timeout)
+int mmapipc_wait(mmapipc_channel *ch, int64_t timeout, int resume)
 {
     int64_t start = now_ns(), now = start, bound = 0;
     uint32_t word = 0;
@@ -1207,12 +1219,23 @@ int mmapipc_wait(mmapipc_channel *ch, int64_t timeout)
         return rc;
     if (!ch->wp.busy)
         fine_timer();
+    if (resume && !ch->wp.busy && !ch->notified && ch->last_poll > 0 &&
+        next_look(ch, ch->last_poll) > now) {
+        /* the slice before ended between two looks: keep their pace */
+        int64_t next = next_look(ch, ch->last_poll), end = start + timeout;
+        pthread_mutex_unlock(&ch->lock);
+        if (sleep_until(next < end ? next : end) != 0)
+            return MMAPIPC_EINTR;
+        if ((rc = enter(ch)) != 0)
+            return rc;
+        now = now_ns();
+    }
     while ((rc = look(ch, now, bound, &word, &notify)) == 0) {
         if (now - start >= timeout)
             return leave(ch, MMAPIPC_ETIMEDOUT);
         bound = notify ? 0 : now + gap_in_force(ch, now);
-        if (pause_wait(ch, now, start + timeout, word, notify) != 0)
-            return MMAPIPC_EINTR;
+        if ((rc = pause_wait(ch, now, start + timeout, word, notify)) != 0)
+            return rc > 0 ? MMAPIPC_ETIMEDOUT : MMAPIPC_EINTR;
         if ((rc = enter(ch)) != 0)
             return rc;   /* closed while we slept */
         now = now_ns();

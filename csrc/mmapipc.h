@@ -129,8 +129,10 @@ int mmapipc_poll(mmapipc_channel *ch);
 int mmapipc_load_raw(mmapipc_channel *ch, char *out);
 
 /* Wait up to timeout ns until a load would return a new record: 1, or
- * MMAPIPC_ETIMEDOUT, or MMAPIPC_EINTR when a signal cut a sleep short. */
-int mmapipc_wait(mmapipc_channel *ch, int64_t timeout);
+ * MMAPIPC_ETIMEDOUT, or MMAPIPC_EINTR when a signal cut a sleep short.
+ * resume: this call carries on a wait whose last call timed out (no look
+ * before the next one is due). */
+int mmapipc_wait(mmapipc_channel *ch, int64_t timeout, int resume);
 
 int mmapipc_get_stats(mmapipc_channel *ch, struct mmapipc_stats *out);
 

@@ -465,11 +465,13 @@ class Reader(_Mapping[T]):
         deadline = None if limit is None else time.monotonic() + limit
         before = self._last
         wait = lib.mmapipc_wait
+        resume = 0
         while True:
             left = _WAIT_SLICE_NS
             if deadline is not None:
                 left = max(0, min(left, int((deadline - time.monotonic()) * 1e9)))
-            rc = wait(self._ch, left)
+            rc = wait(self._ch, left, resume)
+            resume = int(rc == _ETIMEDOUT)
             if rc == 1:
                 record = self.read()
                 if record is not before:
