@@ -1123,13 +1123,11 @@ static int64_t writer_period(const mmapipc_channel *ch, int64_t *spread)
     return period > 0 && hi - lo <= period / 4 ? period : 0;
 }
 
-/* A change was seen at now.  It landed after the previous look: remember the
- * middle when that look was a close one, else assume it was seen FINE_NS/2
- * after it landed (a first look after a nap finds it already there). */
+/* A change was seen at now: it landed after the previous look, so remember
+ * the middle (the spread of the gaps then says how well that is known). */
 static void note_change(mmapipc_channel *ch, int64_t now)
 {
-    int64_t since = ch->last_poll > 0 ? now - ch->last_poll : 0;
-    int64_t landed = now - (since < 2 * FINE_NS ? since : FINE_NS) / 2;
+    int64_t landed = ch->last_poll > 0 ? now - (now - ch->last_poll) / 2 : now;
     if (ch->nchanges == NGAPS) {
         memmove(ch->changes, ch->changes + 1, (NGAPS - 1) * sizeof ch->changes[0]);
         ch->nchanges--;
@@ -1154,7 +1152,7 @@ static inline int64_t allowance(int64_t gap)
 
 /* When to look next: a little before the gap in force runs out (room for a
  * wake-up that comes late), or sooner where a regular writer is due:
- * a first look a quarter of the spread of its gaps before its next change,
+ * a first look half the spread of its gaps before its next change is due,
  * then every FINE_NS until that change is half the spread and FINE_NS late. */
 static int64_t next_look(const mmapipc_channel *ch, int64_t now)
 {
@@ -1164,7 +1162,7 @@ static int64_t next_look(const mmapipc_channel *ch, int64_t now)
         int64_t last = ch->changes[ch->nchanges - 1], tail = spread / 2 + FINE_NS;
         int64_t past = now - last - tail;
         int64_t due = last + period * (past >= 0 ? past / period + 1 : 1);
-        int64_t soon = now < due - spread / 4 ? due - spread / 4 : now + FINE_NS;
+        int64_t soon = now < due - spread / 2 ? due - spread / 2 : now + FINE_NS;
         next = soon < next ? soon : next;
     }
     return next;
