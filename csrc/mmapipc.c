@@ -1123,11 +1123,14 @@ static int64_t writer_period(const mmapipc_channel *ch, int64_t *spread)
     return period > 0 && hi - lo <= period / 4 ? period : 0;
 }
 
-/* A change was seen at now: it landed after the previous look, so remember
- * the middle (the spread of the gaps then says how well that is known). */
+/* A change was seen at now.  It landed after the previous look: remember the
+ * middle when that look was a close one, else take it as seen FINE_NS/2 after
+ * it landed (a look at the bound finds it there; a middle that far off would
+ * make a regular writer look irregular, and it never gets a close look). */
 static void note_change(mmapipc_channel *ch, int64_t now)
 {
-    int64_t landed = ch->last_poll > 0 ? now - (now - ch->last_poll) / 2 : now;
+    int64_t since = ch->last_poll > 0 ? now - ch->last_poll : 0;
+    int64_t landed = now - (since < 2 * FINE_NS ? since : FINE_NS) / 2;
     if (ch->nchanges == NGAPS) {
         memmove(ch->changes, ch->changes + 1, (NGAPS - 1) * sizeof ch->changes[0]);
         ch->nchanges--;
