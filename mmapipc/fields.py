@@ -194,6 +194,10 @@ class IntNode(Node):
         try:
             return int(text.strip(), 0)
         except ValueError:
+            if self.names:
+                names = ", ".join(self.values)
+                raise ValueError(f"{path} ({self.ctype}) needs an integer or one of {names},"
+                                 f" got {text!r}") from None
             raise ValueError(f"{path} ({self.ctype}) needs an integer, got {text!r}") from None
 
     @property
@@ -775,6 +779,8 @@ def safe_formatter(template: str) -> Callable[[LayoutRecord], str]:
                 raise ValueError(f"{bad}: {e}") from None
             if conv == "r":
                 value = repr(value)
+            elif isinstance(value, bool):  # as the plain line and JSON write it
+                value = "true" if value else "false"
             elif conv == "s":
                 value = str(value)
             try:

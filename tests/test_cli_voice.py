@@ -139,3 +139,30 @@ def test_an_unknown_option_before_any_command_is_named() -> None:
     assert line.startswith("mmapipc: unrecognized arguments: --bogus"), line
     line = assert_clean_error(run_cli())
     assert line.startswith("mmapipc: the following arguments are required: COMMAND"), line
+
+
+ARMED_HEADER = """#include <stdbool.h>
+enum mode { MODE_IDLE, MODE_RUN };
+struct arm { bool armed; enum mode mode; int x; };
+"""
+
+
+def test_a_bool_reads_the_same_in_a_format_as_in_the_line_and_json(tmp_path: Path) -> None:
+    header = tmp_path / "arm.h"
+    header.write_text(ARMED_HEADER)
+    path = tmp_path / "arm.bin"
+    struct = ["--struct-file", str(header), "--struct", "arm"]
+    assert run_cli("write", path, *struct, "--set", "armed=true", "--count", "1").returncode == 0
+    formatted = run_cli("read", path, *struct, "--count", "1", "--format", "{armed} {armed!s}")
+    line = run_cli("read", path, *struct, "--count", "1")
+    as_json = run_cli("read", path, *struct, "--count", "1", "--json")
+    assert formatted.stdout == b"true true\n", formatted
+    assert b"armed=true" in line.stdout and b'"armed": true' in as_json.stdout
+
+
+def test_an_unknown_enum_constant_names_the_valid_ones(tmp_path: Path) -> None:
+    header = tmp_path / "arm.h"
+    header.write_text(ARMED_HEADER)
+    proc = run_cli("write", tmp_path / "arm.bin", "--struct-file", header, "--struct", "arm",
+                   "--set", "mode=MODE_BOGUS", "--count", "1")
+    assert_clean_error(proc, "MODE_BOGUS", "MODE_IDLE", "MODE_RUN")
