@@ -42,6 +42,9 @@ VERSION = 1
 # magic, version, flags, header size, record size, fingerprint, publisher id, seq, time ns
 HEADER = struct.Struct("<4sBBHI16sQQQ")
 FINGERPRINT_SIZE = 16
+# A flag: the record was sent before under the same sequence number, for subscribers that
+# joined since (sent when a subscriber appears, and after REPEAT seconds without a change).
+FLAG_REPEAT = 1
 
 # How long a wait stays in C or on the queue before stop flags and stat checks run (s).
 SLICE = 0.05
@@ -49,6 +52,8 @@ SLICE = 0.05
 REPLACE_CHECK = 0.1
 # How often a side whose file is missing or unusable tries again (s).
 RETRY = 0.05
+# How long a publisher waits without a change before it sends the record again (s).
+REPEAT = 1.0
 # How many recent latencies (receive time - publisher time) the subscriber keeps.
 AGES_KEPT = 1000
 
@@ -80,6 +85,7 @@ class PublishStats:
     """What a publisher did so far."""
 
     published: int = 0
+    repeated: int = 0
     reopened: int = 0
 
 
@@ -98,6 +104,7 @@ class SubscribeStats:
     gaps: int = 0
     lost: int = 0
     stale: int = 0
+    repeats: int = 0
     refused: int = 0
     malformed: int = 0
     publishers: int = 0
@@ -203,12 +210,13 @@ class Message:
     seq: int
     time_ns: int
     record: bytes
+    flags: int = 0
 
 
 def pack_message(fingerprint: bytes, publisher: int, seq: int, time_ns: int,
-                 record: bytes) -> bytes:
+                 record: bytes, flags: int = 0) -> bytes:
     """Header then record bytes, little-endian, as docs/bridge.md describes."""
-    head = HEADER.pack(MAGIC, VERSION, 0, HEADER.size, len(record), fingerprint,
+    head = HEADER.pack(MAGIC, VERSION, flags, HEADER.size, len(record), fingerprint,
                        publisher, seq, time_ns)
     return head + record
 
@@ -217,13 +225,13 @@ def unpack_message(data: bytes) -> Message:
     """A message's fields; ValueError if it is not a bridge message of this version."""
     if len(data) < HEADER.size or data[:4] != MAGIC:
         raise ValueError("not a bridge message")
-    _magic, version, _flags, head, size, fingerprint, publisher, seq, time_ns = \
+    _magic, version, flags, head, size, fingerprint, publisher, seq, time_ns = \
         HEADER.unpack_from(data)
     if version != VERSION:
         raise ValueError(f"bridge message version {version}, this side speaks {VERSION}")
     if head < HEADER.size or len(data) != head + size:
         raise ValueError(f"bridge message of {len(data)} bytes does not match its header")
-    return Message(fingerprint, publisher, seq, time_ns, data[head:head + size])
+    return Message(fingerprint, publisher, seq, time_ns, data[head:head + size], flags)
 
 
 # ---- zenoh configuration ----------------------------------------------------------
@@ -366,14 +374,38 @@ class BridgePublisher(_Side):
     def __init__(self, path: PathLike, key: str, *, layout: Codec[Any] | None = None,
                  config: ConfigLike = None, mode: str | None = None,
                  listen: Iterable[str] = (), connect: Iterable[str] = (),
-                 on_event: EventHandler | None = None) -> None:
+                 on_event: EventHandler | None = None, repeat: float | None = REPEAT) -> None:
+        if repeat is not None and not repeat > 0:
+            raise ValueError(f"repeat must be a number of seconds > 0 or None, got {repeat}")
         super().__init__(path, key, layout, config, mode, listen, connect, on_event)
+        self._repeat_after = repeat
         # express: sent at once, not batched.  Congestion control stays DROP (Zenoh's
         # default) so that a stalled network never blocks the watch; drops show as gaps.
         self._publisher = self._session.declare_publisher(self._keyexpr, express=True)
         self.publisher_id = secrets.randbits(64) or 1
         self.stats = PublishStats()
         self._seq = 0
+        self._last: bytes | None = None
+        self._sent_at = 0.0
+        # A subscriber appearing gets the current record at once, not at the next change.
+        self._joined = threading.Event()
+        self._listener = self._publisher.declare_matching_listener(self._on_matching)
+
+    def _on_matching(self, status: Any) -> None:
+        """Zenoh's callback (its own thread): note that a subscriber appeared."""
+        if status.matching:
+            self._joined.set()
+
+    def repeat(self) -> bool:
+        """Send the last record again under its sequence number, flagged as a repeat, for
+        subscribers that joined since; False if nothing was sent yet."""
+        if self._last is None:
+            return False
+        self._publisher.put(pack_message(self.fingerprint, self.publisher_id, self._seq,
+                                         time.time_ns(), self._last, FLAG_REPEAT))
+        self._sent_at = time.monotonic()
+        self.stats.repeated += 1
+        return True
 
     @property
     def subscribed(self) -> bool:
@@ -387,6 +419,8 @@ class BridgePublisher(_Side):
         self._seq += 1
         self._publisher.put(pack_message(self.fingerprint, self.publisher_id, self._seq,
                                          time.time_ns(), record))
+        self._last = record
+        self._sent_at = time.monotonic()
         self.stats.published += 1
         return self._seq
 
@@ -437,6 +471,11 @@ class BridgePublisher(_Side):
                     self.send(reader.read_bytes())
                     idle_since = time.monotonic()
                     continue
+                if self._joined.is_set() or (
+                        self._repeat_after is not None
+                        and now - self._sent_at >= self._repeat_after):
+                    self._joined.clear()
+                    self.repeat()
                 try:
                     if now >= next_check:
                         next_check = now + REPLACE_CHECK
@@ -537,7 +576,10 @@ class BridgeSubscriber(_Side):
             self._publisher = msg.publisher
             stats.publishers += 1
         elif msg.seq <= self._last_seq:
-            stats.stale += 1
+            if msg.flags & FLAG_REPEAT:
+                stats.repeats += 1
+            else:
+                stats.stale += 1
             return None
         elif msg.seq > self._last_seq + 1:
             stats.gaps += 1

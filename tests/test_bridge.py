@@ -266,7 +266,8 @@ def test_c_writer_to_c_reader_across_the_bridge(
     status, out, err = finish(sub)
     assert status == 128 + signal.SIGTERM and "Traceback" not in err, err
     stats = last_stats(out)
-    assert stats["written"] == stats["received"] == count + 1  # "ready", then every one
+    assert stats["written"] == count + 1  # "ready", then every one
+    assert stats["received"] == stats["written"] + stats["repeats"]
     assert (stats["gaps"], stats["lost"], stats["refused"], stats["publishers"]) == (0, 0, 0, 1)
     assert "records written" in err.splitlines()[-1]
 
@@ -363,17 +364,20 @@ def test_gaps_stale_and_restarts_counted(tmp_path: Path, running: list[Running])
     with zenoh.open(cfg) as session:
         raw = session.declare_publisher("gap/s")
         wait_until(lambda: raw.matching_status.matching, what="the subscriber")
-        sent = [(1, 1), (1, 2), (1, 5), (1, 6), (1, 10), (1, 3), (2, 7), (2, 8), (2, 11)]
-        for publisher, seq in sent:
+        sent = [(1, 1, 0), (1, 2, 0), (1, 5, 0), (1, 6, 0), (1, 10, 0), (1, 3, 0),
+                (1, 10, bridge.FLAG_REPEAT), (2, 7, bridge.FLAG_REPEAT), (2, 8, 0),
+                (2, 8, bridge.FLAG_REPEAT), (2, 11, 0)]
+        for publisher, seq, flags in sent:
             raw.put(bridge.pack_message(fp, publisher, seq, time.time_ns(),
-                                        Student(seq, "g", "m").to_bytes()))
+                                        Student(seq, "g", "m").to_bytes(), flags))
         raw.put(b"not a bridge message")
         raw.put(b"another one")
         wait_until(lambda: sub.stats.received == len(sent) + 2, what="every message")
     stats = running[-1].stop()
     # 2 -> 5 and 6 -> 10 in the first run, 8 -> 11 in the second: 3 gaps, 2 + 3 + 2 lost.
+    # A repeat is written when it is the first of its publisher (a late joiner's first).
     assert (stats.gaps, stats.lost, stats.stale, stats.publishers) == (3, 7, 1, 2)
-    assert (stats.malformed, stats.written) == (2, len(sent) - 1)
+    assert (stats.malformed, stats.repeats, stats.written) == (2, 2, len(sent) - 3)
     assert record_of(b) == Student(11, "g", "m")
     kinds = [e.kind for e in events]
     assert kinds.count("malformed") == 1 and kinds.count("publisher") == 1, events
@@ -420,7 +424,7 @@ def test_publisher_killed_and_restarted(tmp_path: Path, zconf: Path,
     assert status == 128 + signal.SIGTERM and "Traceback" not in err, err
     stats = last_stats(out)
     assert stats["publishers"] == 2 and stats["gaps"] == 0 and stats["lost"] == 0, stats
-    assert stats["written"] == stats["received"] >= 40
+    assert stats["written"] >= 40 and stats["received"] == stats["written"] + stats["repeats"]
     assert sum("new publisher" in line for line in err.splitlines()) == 1, err
     status, _, err = finish(pub2, signal.SIGINT)
     assert status == 130 and "Traceback" not in err, err
@@ -460,6 +464,25 @@ def test_truncated_and_replaced_files_recover(tmp_path: Path, running: list[Runn
     # Reported once per breakage, not once per attempt.
     assert kinds.count("broken") <= 3 and kinds.count("replaced") == 1, events
     assert kinds.count("recovered") >= 2, events
+
+
+def test_late_subscriber_gets_the_current_record(tmp_path: Path,
+                                                 running: list[Running]) -> None:
+    """A record that never changes still reaches a subscriber that joins later."""
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    with Writer(a) as w:
+        w.write(Student(77, "still", "f"))
+    port = free_port()
+    pub = bridge.BridgePublisher(a, "late/s", config=LOOPBACK_ONLY, listen=[endpoint(port)],
+                                 repeat=None)  # only a subscriber appearing triggers it
+    running.append(Running(pub))
+    wait_until(lambda: pub.stats.published == 1, what="the first record published")
+    sub = bridge.BridgeSubscriber(b, "late/s", config=LOOPBACK_ONLY,
+                                  listen=[endpoint(free_port())], connect=[endpoint(port)])
+    running.append(Running(sub))
+    wait_until(lambda: record_of(b) == Student(77, "still", "f"), what="the late record")
+    assert running[-1].stop().repeats == 0
+    assert running[-2].stop().repeated >= 1
 
 
 def test_stop_from_another_thread_and_close_twice(tmp_path: Path,
