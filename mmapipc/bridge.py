@@ -19,6 +19,7 @@ import queue
 import re
 import secrets
 import struct
+import sys
 import threading
 import time
 from collections import deque
@@ -159,8 +160,8 @@ def _zmessage(exc: BaseException) -> str:
 
 
 def layout_description(codec: Codec[Any] | None = None) -> str:
-    """The layout a record's bytes depend on, as text: size, alignment, then every member
-    holding bytes as offset:size:C type.  Member names play no part."""
+    """The layout a record's bytes depend on, as text: byte order, size, alignment, then
+    every member holding bytes as offset:size:C type.  Member names play no part."""
     codec = STUDENT if codec is None else codec
     if isinstance(codec, Layout):
         members = [(f.offset, f.size, f.ctype) for f in codec.leaves]
@@ -169,7 +170,7 @@ def layout_description(codec: Codec[Any] | None = None) -> str:
         size, align, members = _cffi_view("struct STU")
     else:
         raise TypeError(f"no layout fingerprint for {type(codec).__name__}: pass a Layout")
-    parts = [f"size={size}", f"align={align}"]
+    parts = [f"order={sys.byteorder}", f"size={size}", f"align={align}"]
     parts += [f"{off}:{length}:{ctype}" for off, length, ctype in members]
     return ";".join(parts)
 
@@ -379,9 +380,10 @@ class BridgePublisher(_Side):
             raise ValueError(f"repeat must be a number of seconds > 0 or None, got {repeat}")
         super().__init__(path, key, layout, config, mode, listen, connect, on_event)
         self._repeat_after = repeat
-        # express: sent at once, not batched.  Congestion control stays DROP (Zenoh's
-        # default) so that a stalled network never blocks the watch; drops show as gaps.
-        self._publisher = self._session.declare_publisher(self._keyexpr, express=True)
+        # Congestion control stays DROP (Zenoh's default) so that a stalled network never
+        # blocks the watch; drops show as gaps.  Not express: a message goes out at once
+        # when the link is idle, and batching behind a busy link makes drops rarer.
+        self._publisher = self._session.declare_publisher(self._keyexpr)
         self.publisher_id = secrets.randbits(64) or 1
         self.stats = PublishStats()
         self._seq = 0
@@ -427,7 +429,9 @@ class BridgePublisher(_Side):
     def _open(self, reported: list[str]) -> tuple[Reader[Any], tuple[int, int] | None] | None:
         before = _identity(self.path)
         try:
-            reader: Reader[Any] = Reader(self.path, layout=self.codec)
+            # Polls never further apart than the Reader's sleep ceiling: no naps through a
+            # learnt period, which a starved process can learn twice too long.
+            reader: Reader[Any] = Reader(self.path, layout=self.codec, predict=False)
         except OSError as e:
             if not reported:
                 reported.append(describe(e))

@@ -182,7 +182,8 @@ def pair(tmp_path: Path, running: list[Running], layout: Any = None,
 
 def test_fingerprint_same_for_stu_by_cffi_and_by_layout() -> None:
     as_layout = Layout.from_c(STU_C, "struct STU")
-    assert bridge.layout_description(STUDENT) == "size=28;align=4;0:4:int;4:20:char[20];24:1:char"
+    assert bridge.layout_description(STUDENT) == (
+        f"order={sys.byteorder};size=28;align=4;0:4:int;4:20:char[20];24:1:char")
     assert bridge.layout_fingerprint(STUDENT) == bridge.layout_fingerprint(as_layout)
     assert len(bridge.layout_fingerprint()) == bridge.FINGERPRINT_SIZE
 
