@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import queue
 import re
 import secrets
 import struct
@@ -503,7 +502,8 @@ class BridgePublisher(_Side):
 
 
 class BridgeSubscriber(_Side):
-    """Receives records on key and stores each one in path with a Writer.
+    """Receives records on key and stores each one in path with a Writer, as it arrives
+    (in Zenoh's callback thread: on_event may be called from there too).
 
     The Writer is opened at once (creating the file, with every refusal a Writer has).
     Records of another layout are refused (reported once per layout); gaps in a
@@ -531,22 +531,42 @@ class BridgeSubscriber(_Side):
             self._writer.close()
             raise
         self.stats = SubscribeStats()
-        self._inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
-        self._subscriber = self._session.declare_subscriber(self._keyexpr, self._receive)
         self._publisher: int | None = None
         self._last_seq = 0
         self._refused: set[bytes] = set()
         self._malformed = False
         self._broken = False
         self._pending: bytes | None = None
+        # Records are written in Zenoh's callback, as they arrive; run() waits on this
+        # condition, checks the file and reports.  Everything below is guarded by it.
+        self._cond = threading.Condition()
+        self._closed = False
+        self._arrived = time.monotonic()
+        self._failure: BaseException | None = None
+        self._subscriber = self._session.declare_subscriber(self._keyexpr, self._receive)
 
     def _receive(self, sample: Any) -> None:
-        """Zenoh's callback (its own thread): hand the payload to run()."""
-        self._inbox.put(sample.payload.to_bytes())
+        """Zenoh's callback (its own thread): check the message and write its record."""
+        data = sample.payload.to_bytes()
+        with self._cond:
+            if self._closed:
+                return
+            try:
+                record = self._accept(data)
+                if record is not None:
+                    self._store(record)
+            except BaseException as e:  # an on_event that raised: run() raises it
+                self._failure = e
+            self._arrived = time.monotonic()
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Close the Zenoh session, then the Writer; calling it again does nothing."""
-        super().close()
+        cond = getattr(self, "_cond", None)
+        if cond is not None:
+            with cond:
+                self._closed = True
+        super().close()  # not under the lock: closing waits for a running callback
         writer, self._writer = getattr(self, "_writer", None), None
         if writer is not None:
             writer.close()
@@ -638,32 +658,30 @@ class BridgeSubscriber(_Side):
 
     def run(self, *, count: int | None = None, timeout: float | None = None,
             on_tick: Callable[[], None] | None = None, tick: float = 1.0) -> SubscribeStats:
-        """Write every record received until stop(), count records written or timeout
-        seconds without a message; on_tick is called every tick seconds."""
+        """Wait while records are written (as they arrive) until stop(), count records
+        written in all or timeout seconds without a message; on_tick is called every tick
+        seconds.  Meanwhile, check that the file is still the one written to."""
         self._stop.clear()
         ticker = _ticker(on_tick, tick)
-        idle_since = time.monotonic()
         next_check = 0.0
-        get = self._inbox.get
-        while not self._stop.is_set() and (count is None or self.stats.written < count):
-            ticker()
-            now = time.monotonic()
-            if now >= next_check:
-                next_check = now + REPLACE_CHECK
-                self._check_file()
-                if self._pending is not None:
-                    self._store(self._pending)
-                    continue
-            if timeout is not None and now - idle_since >= timeout:
-                break
-            try:
-                data = get(timeout=SLICE)
-            except queue.Empty:
-                continue
-            idle_since = time.monotonic()
-            record = self._accept(data)
-            if record is not None:
-                self._store(record)
+        with self._cond:
+            self._arrived = time.monotonic()
+            while not self._stop.is_set() and (count is None or self.stats.written < count):
+                if self._failure is not None:
+                    failure, self._failure = self._failure, None
+                    raise failure
+                if self._closed:
+                    raise ValueError("run() on a closed BridgeSubscriber")
+                ticker()
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + REPLACE_CHECK
+                    self._check_file()
+                    if self._pending is not None:
+                        self._store(self._pending)
+                if timeout is not None and now - self._arrived >= timeout:
+                    break
+                self._cond.wait(SLICE)
         self.stats._percentiles()
         return self.stats
 

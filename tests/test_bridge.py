@@ -101,9 +101,10 @@ def cli_args(zconf: Path, listen: int, connect: int | None = None) -> list[str]:
 
 
 def finish(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> tuple[int, str, str]:
-    """Signal proc, wait for it, return (status, stdout, stderr)."""
+    """Signal proc, wait for it (a hang fails: the bound is loose, for a loaded machine;
+    the benchmark measures the real time), return (status, stdout, stderr)."""
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=10)
+    out, err = proc.communicate(timeout=5)
     return proc.returncode, out.decode(), err.decode()
 
 
