@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Union, cast
 
-from mmapipc.errors import MmapipcError, PathLike
+from mmapipc.errors import FileTooShortError, MmapipcError, PathLike
 from mmapipc.layout import Layout
 from mmapipc.mapping import Reader, Writer
 from mmapipc.record import STUDENT, Codec
@@ -319,6 +319,15 @@ class _Side:
         self._keyexpr = _key(key)
         self._session: Any = _session(config, mode, listen, connect)
 
+    def _declare(self, declare: Callable[[], Any]) -> Any:
+        """A Zenoh declaration; on failure the session is closed and BridgeError raised."""
+        z = _zenoh()
+        try:
+            return declare()
+        except z.ZError as e:
+            self.close()
+            raise BridgeError(f"key {self.key!r}: {_zmessage(e)}") from None
+
     def _event(self, kind: str, message: str) -> None:
         if self._on_event is not None:
             self._on_event(Event(kind, message))
@@ -382,7 +391,7 @@ class BridgePublisher(_Side):
         # Congestion control stays DROP (Zenoh's default) so that a stalled network never
         # blocks the watch; drops show as gaps.  Not express: a message goes out at once
         # when the link is idle, and batching behind a busy link makes drops rarer.
-        self._publisher = self._session.declare_publisher(self._keyexpr)
+        self._publisher = self._declare(lambda: self._session.declare_publisher(self._keyexpr))
         self.publisher_id = secrets.randbits(64) or 1
         self.stats = PublishStats()
         self._seq = 0
@@ -390,7 +399,8 @@ class BridgePublisher(_Side):
         self._sent_at = 0.0
         # A subscriber appearing gets the current record at once, not at the next change.
         self._joined = threading.Event()
-        self._listener = self._publisher.declare_matching_listener(self._on_matching)
+        self._listener = self._declare(
+            lambda: self._publisher.declare_matching_listener(self._on_matching))
 
     def _on_matching(self, status: Any) -> None:
         """Zenoh's callback (its own thread): note that a subscriber appeared."""
@@ -425,13 +435,16 @@ class BridgePublisher(_Side):
         self.stats.published += 1
         return self._seq
 
-    def _open(self, reported: list[str]) -> tuple[Reader[Any], tuple[int, int] | None] | None:
+    def _open(self, reported: list[str], first: bool
+              ) -> tuple[Reader[Any], tuple[int, int] | None] | None:
         before = _identity(self.path)
         try:
             # Polls never further apart than the Reader's sleep ceiling: no naps through a
             # learnt period, which a starved process can learn twice too long.
             reader: Reader[Any] = Reader(self.path, layout=self.codec, predict=False)
         except OSError as e:
+            if first and not isinstance(e, (FileNotFoundError, FileTooShortError)):
+                raise  # a directory, no permission...: refused at start, not waited for
             if not reported:
                 reported.append(describe(e))
                 self._event("waiting", f"{describe(e)}; waiting for a record")
@@ -461,7 +474,7 @@ class BridgePublisher(_Side):
                 if timeout is not None and now - idle_since >= timeout:
                     break
                 if reader is None:
-                    opened = self._open(reported)
+                    opened = self._open(reported, first=not had_reader)
                     if opened is None:
                         self._stop.wait(RETRY)
                         continue
@@ -543,7 +556,8 @@ class BridgeSubscriber(_Side):
         self._closed = False
         self._arrived = time.monotonic()
         self._failure: BaseException | None = None
-        self._subscriber = self._session.declare_subscriber(self._keyexpr, self._receive)
+        self._subscriber = self._declare(
+            lambda: self._session.declare_subscriber(self._keyexpr, self._receive))
 
     def _receive(self, sample: Any) -> None:
         """Zenoh's callback (its own thread): check the message and write its record."""

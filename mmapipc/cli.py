@@ -332,14 +332,20 @@ def _cmd_bridge(args: argparse.Namespace) -> int:
     except (OSError, ValueError, TypeError, MmapipcError) as exc:
         _say(f"{command}: {bridge.describe(exc)}")
         return 1
+    failed = False
     with side:
         try:
             side.run(count=args.count, timeout=args.timeout,
                      on_tick=stats_line if args.stats else None, tick=args.stats or 1.0)
+        except (OSError, ValueError, TypeError, MmapipcError) as exc:
+            failed = True
+            _say(f"{command}: {bridge.describe(exc)}")
+            return 1
         finally:
-            if args.stats is not None:
-                stats_line()
-            _say(f"{command}: {_bridge_summary(side)}")
+            if not failed:  # ended by count, timeout, Ctrl-C or SIGTERM: say what was done
+                if args.stats is not None:
+                    stats_line()
+                _say(f"{command}: {_bridge_summary(side)}")
     return 0
 
 

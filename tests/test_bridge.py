@@ -566,6 +566,8 @@ def test_writer_refusals_at_start(tmp_path: Path, zconf: Path) -> None:
     assert longer.read_bytes() == b"x" * 40
     proc = run_cli("bridge", "subscribe", tmp_path, "--key", "k", *cli_args(zconf, free_port()))
     assert_clean_error(proc, "directory")
+    proc = run_cli("bridge", "publish", tmp_path, "--key", "k", *cli_args(zconf, free_port()))
+    assert_clean_error(proc, "mmapipc bridge publish:", "directory")
     proc = run_cli("bridge", "publish", tmp_path / "a", "--key", "k", "--mode", "router")
     assert_clean_error(proc, "invalid choice")
     assert proc.returncode == 2
