@@ -54,6 +54,8 @@ REPLACE_CHECK = 0.1
 RETRY = 0.05
 # How long a publisher waits without a change before it sends the record again (s).
 REPEAT = 1.0
+# How many publishers' sequence numbers a subscriber remembers.
+PUBLISHERS_KEPT = 16
 # How many recent latencies (receive time - publisher time) the subscriber keeps.
 AGES_KEPT = 1000
 
@@ -544,8 +546,9 @@ class BridgeSubscriber(_Side):
             self._writer.close()
             raise
         self.stats = SubscribeStats()
-        self._publisher: int | None = None
-        self._last_seq = 0
+        self._seqs: dict[int, int] = {}  # publisher id -> last sequence number
+        self._publisher: int | None = None  # the latest one heard
+        self._several = False
         self._refused: set[bytes] = set()
         self._malformed = False
         self._broken = False
@@ -607,22 +610,30 @@ class BridgeSubscriber(_Side):
                     f" bytes, fingerprint {msg.fingerprint.hex()}; this side has"
                     f" {self.codec.size} bytes, fingerprint {self.fingerprint.hex()})")
             return None
-        if msg.publisher != self._publisher:
-            if self._publisher is not None:
-                self._event("publisher", f"{self.key}: a new publisher (restarted);"
+        last = self._seqs.pop(msg.publisher, None)
+        if last is None:
+            if self._seqs:
+                self._event("publisher", f"{self.key}: a new publisher (restarted?);"
                                          f" its sequence starts at {msg.seq}")
-            self._publisher = msg.publisher
             stats.publishers += 1
-        elif msg.seq <= self._last_seq:
+        elif msg.publisher != self._publisher and not self._several:
+            self._several = True
+            self._event("publisher", f"{self.key}: records from several publishers at"
+                                     " once; each is written as it comes")
+        if last is not None and msg.seq <= last:
+            self._seqs[msg.publisher] = last
             if msg.flags & FLAG_REPEAT:
                 stats.repeats += 1
             else:
                 stats.stale += 1
             return None
-        elif msg.seq > self._last_seq + 1:
+        if last is not None and msg.seq > last + 1:
             stats.gaps += 1
-            stats.lost += msg.seq - self._last_seq - 1
-        self._last_seq = msg.seq
+            stats.lost += msg.seq - last - 1
+        self._seqs[msg.publisher] = msg.seq  # most recent last
+        while len(self._seqs) > PUBLISHERS_KEPT:
+            del self._seqs[next(iter(self._seqs))]
+        self._publisher = msg.publisher
         stats._ages.append(time.time_ns() - msg.time_ns)
         return msg.record
 

@@ -385,6 +385,31 @@ def test_gaps_stale_and_restarts_counted(tmp_path: Path, running: list[Running])
     assert kinds.count("malformed") == 1 and kinds.count("publisher") == 1, events
 
 
+def test_two_publishers_on_one_key_reported_once(tmp_path: Path,
+                                                 running: list[Running]) -> None:
+    """Interleaved publishers: each sequence followed on its own, one line about it."""
+    b = tmp_path / "b.bin"
+    port = free_port()
+    events: list[bridge.Event] = []
+    sub = bridge.BridgeSubscriber(b, "two/s", config=LOOPBACK_ONLY, listen=[endpoint(port)],
+                                  on_event=events.append)
+    running.append(Running(sub))
+    cfg = bridge.zenoh_config(LOOPBACK_ONLY, listen=[endpoint(free_port())],
+                              connect=[endpoint(port)])
+    fp = bridge.layout_fingerprint()
+    with zenoh.open(cfg) as session:
+        raw = session.declare_publisher("two/s")
+        wait_until(lambda: raw.matching_status.matching, what="the subscriber")
+        for seq in range(1, 21):
+            for publisher in (5, 6):
+                raw.put(bridge.pack_message(fp, publisher, seq, time.time_ns(),
+                                            Student(seq, "p", "m").to_bytes()))
+        wait_until(lambda: sub.stats.received == 40, what="every message")
+    stats = running[-1].stop()
+    assert (stats.publishers, stats.gaps, stats.stale, stats.written) == (2, 0, 0, 40)
+    assert [e.kind for e in events].count("publisher") == 2, events  # new one, then several
+
+
 # ---- robustness ------------------------------------------------------------------
 
 
