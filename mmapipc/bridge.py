@@ -140,7 +140,7 @@ def _zenoh() -> Any:
     return zenoh
 
 
-_LOCATION = re.compile(r"\s+at \S+\.rs:\d+\.?$")
+_LOCATION = re.compile(r"\s+at \S+\.rs:\d+\.?")
 _JSON5_MSG = re.compile(r'msg: "((?:[^"\\]|\\.)*)"')
 
 
@@ -150,11 +150,7 @@ def _zmessage(exc: BaseException) -> str:
     inner = _JSON5_MSG.search(text)
     if inner:
         text = inner.group(1)
-    while True:
-        stripped = _LOCATION.sub("", text)
-        if stripped == text:
-            return text.rstrip(". ") or type(exc).__name__
-        text = stripped
+    return _LOCATION.sub("", text).rstrip(". ") or type(exc).__name__
 
 
 # ---- layout fingerprint -----------------------------------------------------------

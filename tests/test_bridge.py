@@ -220,6 +220,19 @@ def test_message_round_trip_and_malformed() -> None:
             bridge.unpack_message(bad)
 
 
+def test_zenoh_errors_become_one_line_without_source_locations() -> None:
+    busy = zenoh.ZError(
+        "Can not create a new TCP listener bound to tcp/127.0.0.1:5: [127.0.0.1:5: Address"
+        " already in use (os error 98) at /root/.cargo/git/x/io/tcp.rs:61.]")
+    assert bridge._zmessage(busy) == (
+        "Can not create a new TCP listener bound to tcp/127.0.0.1:5: [127.0.0.1:5: Address"
+        " already in use (os error 98)]")
+    bad = zenoh.ZError('Json5Err(Message { msg: "unknown variant `x`, expected one of `peer`",'
+                       ' location: Some(Location { line: 1, column: 1 }) }) at /r/config.rs:86.')
+    assert bridge._zmessage(bad) == "unknown variant `x`, expected one of `peer`"
+    assert bridge._zmessage(zenoh.ZError("two\nlines at /a/b.rs:1.")) == "two lines"
+
+
 # ---- end to end with the C programs --------------------------------------------------
 
 LINE = re.compile(rb"id=(\d+)\tname=bridged\tm\n")
@@ -596,3 +609,14 @@ def test_writer_refusals_at_start(tmp_path: Path, zconf: Path) -> None:
     proc = run_cli("bridge", "publish", tmp_path / "a", "--key", "k", "--mode", "router")
     assert_clean_error(proc, "invalid choice")
     assert proc.returncode == 2
+
+
+def test_endpoint_in_use_is_one_line(tmp_path: Path, zconf: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_cli("bridge", "publish", tmp_path / "a", "--key", "k",
+                       *cli_args(zconf, port))
+    line = assert_clean_error(proc, "mmapipc bridge publish: zenoh:", "in use")
+    assert ".rs:" not in line
