@@ -620,3 +620,44 @@ def test_endpoint_in_use_is_one_line(tmp_path: Path, zconf: Path) -> None:
                        *cli_args(zconf, port))
     line = assert_clean_error(proc, "mmapipc bridge publish: zenoh:", "in use")
     assert ".rs:" not in line
+
+
+def test_script_interrupted_closes_cleanly(tmp_path: Path) -> None:
+    """bridge.subscribe() in a script: Ctrl-C unwinds through it, nothing else printed."""
+    b = tmp_path / "b.bin"
+    script = (
+        "import sys\nfrom mmapipc import bridge\n"
+        "try:\n"
+        f"    bridge.subscribe({str(b)!r}, 'script/k', config={LOOPBACK_ONLY!r},\n"
+        f"                     listen=[{endpoint(free_port())!r}])\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: b.exists(), what="the subscriber to start")
+        time.sleep(0.1)  # into run()
+        status, out, err = finish(proc, signal.SIGINT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (status, out, err) == (0, "interrupted\n", "")
+
+
+def test_failing_event_handler_surfaces_from_run(tmp_path: Path) -> None:
+    port = free_port()
+
+    def handler(event: bridge.Event) -> None:
+        raise RuntimeError(f"handler saw {event.kind}")
+
+    with bridge.BridgeSubscriber(tmp_path / "b.bin", "fail/s", config=LOOPBACK_ONLY,
+                                 listen=[endpoint(port)], on_event=handler) as sub:
+        cfg = bridge.zenoh_config(LOOPBACK_ONLY, listen=[endpoint(free_port())],
+                                  connect=[endpoint(port)])
+        with zenoh.open(cfg) as session:
+            raw = session.declare_publisher("fail/s")
+            wait_until(lambda: raw.matching_status.matching, what="the subscriber")
+            raw.put(b"junk")
+            with pytest.raises(RuntimeError, match="handler saw malformed"):
+                sub.run(timeout=10)
