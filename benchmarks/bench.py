@@ -35,7 +35,7 @@ from typing import Any
 
 import mmapipc
 from mmapipc import Reader, Student, Writer
-from mmapipc.mapping import SLEEP_MAX, SLEEP_MIN, SPIN
+from mmapipc.mapping import IDLE_AFTER, IDLE_GAP, MAX_GAP
 from mmapipc.peers import CompilerError, compile_c
 
 SCRIPT = Path(__file__).resolve()
@@ -407,7 +407,7 @@ def reader_main(cfg: dict[str, Any]) -> None:
         mm.close()
     else:
         options: dict[str, Any] = {"busy": mode == "busy", "predict": mode != "nopredict"}
-        for key in ("spin", "sleep_min", "sleep_max"):
+        for key in ("max_gap", "idle_gap", "idle_after"):
             if key in cfg:
                 options[key] = float(cfg[key])
         with Reader[Student](path, **options) as reader:
@@ -541,44 +541,9 @@ def watch_markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def tune_markdown(results: list[dict[str, Any]]) -> str:
-    lines = ["| spin (us) | sleep_min (us) | sleep_max (us) | seen / written | p50 (us) |"
-             " p99 (us) | max (us) | CPU (%) | default-mode targets |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in results:
-        p = r["params"]
-        ok = _default_ok(r)
-        lines.append(
-            f"| {p['spin'] * 1e6:g} | {p['sleep_min'] * 1e6:g} | {p['sleep_max'] * 1e6:g} |"
-            f" {r['seen']}/{r['written']} | {r['p50_us']:.1f} | {r['p99_us']:.1f} |"
-            f" {r['max_us']:.0f} | {r['cpu_percent']:.1f} | {'all met' if ok else 'missed'} |")
-    return "\n".join(lines)
-
-
 def _default_ok(r: dict[str, Any]) -> bool:
     return bool(r["seen"] == r["written"] and not r["duplicates"] and r["p50_us"] <= 100
                 and r["p99_us"] <= 1000 and r["cpu_percent"] <= 5)
-
-
-DEFAULT_GRID = [
-    (SPIN, SLEEP_MIN, SLEEP_MAX),
-    (0.0, 20e-6, 250e-6), (20e-6, 20e-6, 150e-6), (0.0, 20e-6, 200e-6), (0.0, 20e-6, 150e-6),
-    (0.0, 50e-6, 150e-6), (0.0, 150e-6, 150e-6), (0.0, 100e-6, 125e-6), (0.0, 20e-6, 100e-6),
-]
-
-
-def _parse_grid(text: str) -> list[tuple[float, float, float]]:
-    grid = []
-    for item in text.split(","):
-        parts = item.split(":")
-        if len(parts) != 3:
-            raise argparse.ArgumentTypeError(f"expected SPIN:MIN:MAX in us, got {item!r}")
-        try:
-            s, lo, hi = (float(p) * 1e-6 for p in parts)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not numbers: {item!r}") from None
-        grid.append((s, lo, hi))
-    return grid
 
 
 # --------------------------------------------------------------------------------------
@@ -643,10 +608,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None,
                         help="seconds of writing per watched reader (default 3, quick 0.3)")
     parser.add_argument("--rate", type=float, default=1000.0, help="writes per second (1000)")
-    parser.add_argument("--tune", action="store_true",
-                        help="also watch with a grid of spin/sleep_min/sleep_max values")
-    parser.add_argument("--grid", type=_parse_grid, default=None,
-                        help="grid for --tune: SPIN:MIN:MAX,... in microseconds")
     parser.add_argument("--no-micro", action="store_true", help="skip the operation timings")
     parser.add_argument("--reader", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -661,8 +622,8 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(), "machine": platform.machine(),
         "system": platform.platform(), "cpus": os.cpu_count(),
         "mmapipc": mmapipc.__version__, "quick": args.quick, "seconds": seconds,
-        "rate": args.rate, "defaults": {"spin": SPIN, "sleep_min": SLEEP_MIN,
-                                        "sleep_max": SLEEP_MAX},
+        "rate": args.rate, "defaults": {"max_gap": MAX_GAP, "idle_gap": IDLE_GAP,
+                                        "idle_after": IDLE_AFTER},
         "command": " ".join(["python", "benchmarks/bench.py", *sys.argv[1:]]),
     }
     print(f"# mmapipc {mmapipc.__version__} benchmarks (Python {info['python']},"
@@ -685,14 +646,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n## Watching a C writer at {args.rate:g} Hz for {seconds:g} s"
                   " (reader in another process)\n")
             print(watch_markdown(list(watch_res.values())))
-            if args.tune:
-                grid = args.grid or DEFAULT_GRID
-                tuned = [watch_once(exe, tmp, "default", seconds, args.rate,
-                                    {"spin": s, "sleep_min": lo, "sleep_max": hi})
-                         for s, lo, hi in grid]
-                results["tune"] = tuned
-                print("\n## Wait parameters (default mode)\n")
-                print(tune_markdown(tuned))
     rows = targets(micro_res, watch_res)
     results["targets"] = rows
     print("\n## Targets\n")

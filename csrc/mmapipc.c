@@ -8,16 +8,53 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+
+/* What a reader knows about the last record it returned. */
+enum trust {
+    TRUST_NONE,     /* nothing loaded yet */
+    TRUST_LOADED,   /* copy holds the last record loaded */
+};
+
+#define NGAPS 8
+
+struct mmapipc_channel {
+    pthread_mutex_t lock;     /* held by every call that touches the mapping */
+    unsigned char *map;       /* NULL when closed */
+    int fd;                   /* kept to fstat the mapped file; -1 when closed */
+    char *path;               /* absolute path it was opened by (our copy) */
+    int flags;
+    uint64_t dev, ino;        /* the file it maps */
+    size_t size;
+    int marker_off, seq_off;  /* -1: no sequence lock */
+    unsigned char *copy;      /* reader: the last record loaded */
+    unsigned char *scratch;   /* reader: two work copies (2 * size) */
+    enum trust have;
+    uint16_t seq;             /* reader: sequence of copy */
+    uint32_t stuck;           /* marker and odd sequence known to be stuck */
+    int stuck_valid;
+    int64_t stuck_ns, unstable_ns, check_ns, checked_at;
+    int short_file;           /* the last check found the file too short */
+    struct mmapipc_wait_params wp;
+    int64_t last_poll;        /* wait: when the record was last looked at */
+    int64_t changes[NGAPS];   /* wait: estimated times of the last changes */
+    int nchanges;
+    struct mmapipc_stats st;
+};
 
 /* ---- SIGBUS guard ------------------------------------------------------ */
 
@@ -30,14 +67,18 @@ struct guard {
 static __thread struct guard *tls_guard __attribute__((tls_model("initial-exec")));
 static struct sigaction previous;      /* the handler that was there before */
 static pthread_mutex_t install_lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_int guard_users;         /* guarded copies in progress */
+static atomic_int guard_paused;        /* new ones wait while set */
 
 static void on_sigbus(int sig, siginfo_t *info, void *ctx)
 {
     struct guard *g = tls_guard;
-    if (g != NULL && g->active && info != NULL) {
+    /* Ours only if the kernel reports a fault (si_code > 0: BUS_ADRERR...)
+     * at an address inside the mapping this thread is copying.  A SIGBUS
+     * sent with kill() or tgkill() (si_code <= 0) is someone else's. */
+    if (g != NULL && g->active && info != NULL && info->si_code > 0) {
         const char *addr = (const char *)info->si_addr;
-        int from_copy = info->si_code > 0 && addr >= g->lo && addr < g->hi;
-        if (from_copy || info->si_code == SI_TKILL) {
+        if (addr >= g->lo && addr < g->hi) {
             g->active = 0;
             siglongjmp(g->env, 1);
         }
@@ -58,62 +99,92 @@ static void on_sigbus(int sig, siginfo_t *info, void *ctx)
     /* a real fault repeats on return and now kills the process */
 }
 
-int mmapipc_guard_install(void)
+static int install_locked(void)
 {
     struct sigaction cur, ours;
-    int rc = 0;
+    if (sigaction(SIGBUS, NULL, &cur) != 0)
+        return MMAPIPC_EOS;
+    if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_sigbus)
+        return 0;
+    memset(&ours, 0, sizeof ours);
+    ours.sa_sigaction = on_sigbus;
+    ours.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&ours.sa_mask);
+    previous = cur;
+    return sigaction(SIGBUS, &ours, NULL) == 0 ? 0 : MMAPIPC_EOS;
+}
+
+int mmapipc_guard_install(void)
+{
     pthread_mutex_lock(&install_lock);
-    if (sigaction(SIGBUS, NULL, &cur) != 0) {
-        rc = MMAPIPC_EOS;
-    } else if (!((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_sigbus)) {
-        memset(&ours, 0, sizeof ours);
-        ours.sa_sigaction = on_sigbus;
-        ours.sa_flags = SA_SIGINFO | SA_ONSTACK;
-        sigemptyset(&ours.sa_mask);
-        previous = cur;
-        if (sigaction(SIGBUS, &ours, NULL) != 0)
-            rc = MMAPIPC_EOS;
-    }
+    int rc = install_locked();
     pthread_mutex_unlock(&install_lock);
     return rc;
 }
 
-/* Begin a guarded region over the mapping; a fault returns MMAPIPC_EBUS. */
-#define GUARD_BEGIN(g, base, len)                                    \
-    do {                                                             \
-        (g).lo = (const char *)(base);                               \
-        (g).hi = (g).lo + (len);                                     \
-        (g).active = 0;                                              \
-        tls_guard = &(g);                                            \
-        if (sigsetjmp((g).env, 0) != 0) {                            \
-            guard_fault();                                           \
-            return MMAPIPC_EBUS;                                     \
-        }                                                            \
-        atomic_signal_fence(memory_order_seq_cst);                   \
-        (g).active = 1;                                              \
-        atomic_signal_fence(memory_order_seq_cst);                   \
-    } while (0)
+void mmapipc_guard_pause(void)
+{
+    pthread_mutex_lock(&install_lock);
+    atomic_store(&guard_paused, 1);
+    while (atomic_load(&guard_users) > 0)
+        sched_yield();
+}
 
-#define GUARD_END(g)                                                 \
-    do {                                                             \
-        atomic_signal_fence(memory_order_seq_cst);                   \
-        (g).active = 0;                                              \
-        tls_guard = NULL;                                            \
-        atomic_signal_fence(memory_order_seq_cst);                   \
-    } while (0)
+int mmapipc_guard_resume(void)
+{
+    int rc = install_locked();
+    atomic_store(&guard_paused, 0);
+    pthread_mutex_unlock(&install_lock);
+    return rc;
+}
 
-/* After the jump: SIGBUS is still blocked (sigsetjmp did not save the
- * mask, to keep the fast path free of system calls), so unblock it. */
-static void guard_fault(void)
+/* Before a guarded copy: count it, or wait while the handler chain changes. */
+static void guard_prepare(struct guard *g, const unsigned char *base, size_t len)
+{
+    for (;;) {
+        atomic_fetch_add(&guard_users, 1);
+        if (!atomic_load(&guard_paused))
+            break;
+        atomic_fetch_sub(&guard_users, 1);
+        while (atomic_load(&guard_paused))
+            sched_yield();
+    }
+    g->lo = (const char *)base;
+    g->hi = g->lo + len;
+    g->active = 0;
+    tls_guard = g;
+}
+
+/* Between a successful sigsetjmp and the copy. */
+static inline void guard_arm(struct guard *g)
+{
+    atomic_signal_fence(memory_order_seq_cst);
+    g->active = 1;
+    atomic_signal_fence(memory_order_seq_cst);
+}
+
+static inline void guard_end(struct guard *g)
+{
+    atomic_signal_fence(memory_order_seq_cst);
+    g->active = 0;
+    tls_guard = NULL;
+    atomic_signal_fence(memory_order_seq_cst);
+    atomic_fetch_sub(&guard_users, 1);
+}
+
+/* After the jump: SIGBUS is still blocked (sigsetjmp did not save the mask,
+ * to keep the fast path free of system calls), so unblock it. */
+static int guard_fault(struct guard *g)
 {
     sigset_t set;
-    tls_guard = NULL;
+    guard_end(g);
     sigemptyset(&set);
     sigaddset(&set, SIGBUS);
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    return MMAPIPC_EBUS;
 }
 
-/* ---- time and pausing -------------------------------------------------- */
+/* ---- time -------------------------------------------------------------- */
 
 static int64_t now_ns(void)
 {
@@ -133,93 +204,199 @@ static inline void cpu_relax(void)
 #endif
 }
 
-/* Returns -1 (errno EINTR) when a signal cut the sleep short. */
-static int sleep_ns(int64_t ns)
+/* Sleep until the monotonic time t; -1 (errno EINTR) if a signal cut it short. */
+static int sleep_until(int64_t t)
 {
-    struct timespec ts;
-    ts.tv_sec = (time_t)(ns / 1000000000);
-    ts.tv_nsec = (long)(ns % 1000000000);
-    return nanosleep(&ts, NULL);
+    struct timespec ts = {(time_t)(t / 1000000000), (long)(t % 1000000000)};
+    int rc = clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+    if (rc != 0) {
+        errno = rc;
+        return -1;
+    }
+    return 0;
+}
+
+/* Short sleeps need a fine timer: the default 50 us slack would dwarf them.
+ * Lowered once per waiting thread and left so (it concerns that thread only). */
+static void fine_timer(void)
+{
+    static __thread int done;
+    if (!done) {
+        done = 1;
+        if (prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0) > 1000)
+            prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+    }
+}
+
+/* ---- channels ---------------------------------------------------------- */
+
+static int lock_offsets_ok(size_t size, int marker, int seq)
+{
+    if (marker == -1 && seq == -1)
+        return 1;
+    if (marker < 0 || seq < 0 || (size_t)marker >= size || (size_t)seq + 2 > size)
+        return 0;
+    return seq % 2 == 0 && marker != seq && marker != seq + 1;
+}
+
+mmapipc_channel *mmapipc_new(size_t size, int marker_off, int seq_off)
+{
+    mmapipc_channel *ch;
+    if (size == 0 || !lock_offsets_ok(size, marker_off, seq_off)) {
+        errno = EINVAL;
+        return NULL;
+    }
+    ch = calloc(1, sizeof *ch);
+    if (ch == NULL)
+        return NULL;
+    ch->copy = malloc(3 * size);
+    if (ch->copy == NULL) {
+        free(ch);
+        return NULL;
+    }
+    ch->scratch = ch->copy + size;
+    pthread_mutex_init(&ch->lock, NULL);
+    ch->fd = -1;
+    ch->size = size;
+    ch->marker_off = marker_off;
+    ch->seq_off = seq_off;
+    ch->stuck_ns = 250000000;
+    ch->unstable_ns = 1000000000;
+    ch->check_ns = 10000000;
+    ch->wp = (struct mmapipc_wait_params){1000000, 10000000, 200000000, 1, 0};
+    ch->st.file_size = -1;
+    return ch;
+}
+
+int mmapipc_set_limits(mmapipc_channel *ch, int64_t stuck, int64_t unstable,
+                       int64_t file_check)
+{
+    pthread_mutex_lock(&ch->lock);
+    ch->stuck_ns = stuck;
+    ch->unstable_ns = unstable;
+    ch->check_ns = file_check;
+    pthread_mutex_unlock(&ch->lock);
+    return 0;
+}
+
+int mmapipc_set_wait(mmapipc_channel *ch, const struct mmapipc_wait_params *p)
+{
+    if (p->max_gap <= 0 || p->idle_gap < p->max_gap || p->idle_after < 0) {
+        errno = EINVAL;
+        return MMAPIPC_EOS;
+    }
+    pthread_mutex_lock(&ch->lock);
+    ch->wp = *p;
+    pthread_mutex_unlock(&ch->lock);
+    return 0;
+}
+
+int mmapipc_get_stats(mmapipc_channel *ch, struct mmapipc_stats *out)
+{
+    pthread_mutex_lock(&ch->lock);
+    *out = ch->st;
+    pthread_mutex_unlock(&ch->lock);
+    return 0;
+}
+
+static inline int has_seqlock(const mmapipc_channel *ch)
+{
+    return ch->seq_off >= 0;
+}
+
+static inline _Atomic uint16_t *seq_word(const mmapipc_channel *ch, const unsigned char *m)
+{
+    return (_Atomic uint16_t *)(m + ch->seq_off);
+}
+
+/* The aligned 32-bit word that holds the sequence: what a notifying writer
+ * wakes and its waiters sleep on.  Only where it lies inside the record. */
+static inline int can_notify(const mmapipc_channel *ch)
+{
+    return has_seqlock(ch) && (size_t)(ch->seq_off & ~3) + 4 <= ch->size;
+}
+
+static inline _Atomic uint32_t *futex_word(const mmapipc_channel *ch, const unsigned char *m)
+{
+    return (_Atomic uint32_t *)(m + (ch->seq_off & ~3));
+}
+
+static void futex_wake(_Atomic uint32_t *word)
+{
+    syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* Sleep until woken, the word no longer holds value, or the monotonic time
+ * until; -1 (errno EINTR) if a signal cut it short. */
+static int futex_sleep(_Atomic uint32_t *word, uint32_t value, int64_t until)
+{
+    struct timespec ts = {(time_t)(until / 1000000000), (long)(until % 1000000000)};
+    if (syscall(SYS_futex, word, FUTEX_WAIT_BITSET, value, &ts, NULL,
+                FUTEX_BITSET_MATCH_ANY) == 0 || errno != EINTR)
+        return 0;
+    return -1;
+}
+
+/* Forget what was loaded (a new file, or a new mapping of it). */
+static void reset_reader(mmapipc_channel *ch)
+{
+    ch->have = TRUST_NONE;
+    ch->stuck_valid = 0;
+    ch->nchanges = 0;
 }
 
 /* ---- open and close ---------------------------------------------------- */
 
-/* Carry on from a previous writer's sequence (even if it died mid-store). */
-static int read_writer_seq(struct mmapipc_channel *ch)
+static int open_fd(const mmapipc_channel *ch, const char *path, int flags)
 {
-    struct guard g;
-    const unsigned char *m = ch->map;
-    GUARD_BEGIN(g, m, ch->size);
-    if (m[ch->marker_off] == MMAPIPC_SEQ_MARKER) {
-        uint16_t s = atomic_load_explicit(
-            (_Atomic uint16_t *)(m + ch->seq_off), memory_order_relaxed);
-        ch->seq = (uint16_t)(s + (s & 1));
-    }
-    GUARD_END(g);
-    return 0;
-}
-
-int mmapipc_open(struct mmapipc_channel *ch, const char *path, int flags)
-{
-    int writable = (flags & MMAPIPC_WRITE) != 0;
-    int oflags, fd, saved;
-    struct stat st;
-    void *map;
-
-    ch->map = NULL;
-    ch->path = path;
-    ch->file_size = -1;
-    if (writable) {
-        oflags = O_RDWR | O_CREAT | O_CLOEXEC;
+    if (flags & MMAPIPC_WRITE) {
+        int oflags = O_RDWR | O_CREAT | O_CLOEXEC;
         if (!(flags & MMAPIPC_FOLLOW_SYMLINKS))
             oflags |= O_NOFOLLOW;
-        fd = open(path, oflags, 0664);
-    } else {
-        /* O_NONBLOCK: opening a FIFO must not hang waiting for a writer. */
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+        return open(path, oflags, 0664);
     }
+    (void)ch;
+    /* O_NONBLOCK: opening a FIFO must not hang waiting for a writer. */
+    return open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+}
+
+/* What the writer or reader refuses, from the opened file's status. */
+static int refuse(const mmapipc_channel *ch, const struct stat *st, int flags)
+{
+    if (!S_ISREG(st->st_mode))
+        return MMAPIPC_ENOTREG;
+    if (!(flags & MMAPIPC_WRITE))
+        return (size_t)st->st_size < ch->size ? MMAPIPC_ESHORT : 0;
+    if (flags & MMAPIPC_FORCE)
+        return 0;
+    if (st->st_nlink > 1)
+        return MMAPIPC_ELINKS;
+    return (size_t)st->st_size > ch->size ? MMAPIPC_ESHRINK : 0;
+}
+
+/* Open and map path into fresh state; on failure nothing is left open. */
+static int map_file(mmapipc_channel *ch, const char *path, int flags,
+                    unsigned char **map, int *fd_out, struct stat *st)
+{
+    int writable = (flags & MMAPIPC_WRITE) != 0, rc, saved;
+    int fd = open_fd(ch, path, flags);
+    void *m;
     if (fd < 0)
         return MMAPIPC_EOS;
-    if (fstat(fd, &st) != 0)
+    if (fstat(fd, st) != 0)
         goto fail_errno;
-    ch->file_size = (int64_t)st.st_size;
-    ch->dev = (uint64_t)st.st_dev;
-    ch->ino = (uint64_t)st.st_ino;
-    if (!S_ISREG(st.st_mode)) {
+    ch->st.file_size = (int64_t)st->st_size;
+    if ((rc = refuse(ch, st, flags)) != 0) {
         close(fd);
-        return MMAPIPC_ENOTREG;
+        return rc;
     }
-    if (writable) {
-        if ((size_t)st.st_size > ch->size && !(flags & MMAPIPC_FORCE)) {
-            close(fd);
-            return MMAPIPC_ESHRINK;
-        }
-        if (ftruncate(fd, (off_t)ch->size) != 0)
-            goto fail_errno;
-        map = mmap(NULL, ch->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    } else {
-        if ((size_t)st.st_size < ch->size) {
-            close(fd);
-            return MMAPIPC_ESHORT;
-        }
-        map = mmap(NULL, ch->size, PROT_READ, MAP_SHARED, fd, 0);
-    }
-    if (map == MAP_FAILED)
+    if (writable && ftruncate(fd, (off_t)ch->size) != 0)
         goto fail_errno;
-    close(fd);
-    ch->map = map;
-    ch->size_checked_ns = now_ns();
-    ch->seen_ns = 0;
-    ch->ngaps = 0;
-    ch->have = 0;
-    ch->verified = 0;
-    ch->stuck_valid = 0;
-    ch->seq = 0;
-    if (writable && ch->seq_off >= 0 && read_writer_seq(ch) != 0) {
-        munmap(ch->map, ch->size);
-        ch->map = NULL;
-        return MMAPIPC_EBUS;
-    }
+    m = mmap(NULL, ch->size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED)
+        goto fail_errno;
+    *map = m;
+    *fd_out = fd;
     return 0;
 
 fail_errno:
@@ -229,64 +406,176 @@ fail_errno:
     return MMAPIPC_EOS;
 }
 
-int mmapipc_close(struct mmapipc_channel *ch)
+int mmapipc_open(mmapipc_channel *ch, const char *path, int flags)
 {
-    void *map = ch->map;
-    if (map == NULL)
-        return 0;
+    struct stat st;
+    unsigned char *map;
+    int fd, rc;
+    char *copy = strdup(path);
+    if (copy == NULL)
+        return MMAPIPC_EOS;
+    pthread_mutex_lock(&ch->lock);
+    rc = ch->map != NULL ? (errno = EBUSY, MMAPIPC_EOS)
+                         : map_file(ch, path, flags, &map, &fd, &st);
+    if (rc == 0) {
+        free(ch->path);
+        ch->path = copy;
+        ch->flags = flags;
+        ch->map = map;
+        ch->fd = fd;
+        ch->dev = (uint64_t)st.st_dev;
+        ch->ino = (uint64_t)st.st_ino;
+        ch->checked_at = now_ns();
+        reset_reader(ch);
+    } else {
+        free(copy);
+    }
+    pthread_mutex_unlock(&ch->lock);
+    return rc;
+}
+
+static int unmap_locked(mmapipc_channel *ch)
+{
+    int rc = 0;
+    if (ch->map != NULL && munmap(ch->map, ch->size) != 0)
+        rc = MMAPIPC_EOS;
+    if (ch->fd >= 0)
+        close(ch->fd);
     ch->map = NULL;
-    if (munmap(map, ch->size) != 0)
-        return MMAPIPC_EOS;
+    ch->fd = -1;
+    return rc;
+}
+
+int mmapipc_close(mmapipc_channel *ch)
+{
+    pthread_mutex_lock(&ch->lock);
+    int rc = unmap_locked(ch);
+    pthread_mutex_unlock(&ch->lock);
+    return rc;
+}
+
+void mmapipc_free(mmapipc_channel *ch)
+{
+    if (ch == NULL)
+        return;
+    mmapipc_close(ch);
+    pthread_mutex_destroy(&ch->lock);
+    free(ch->path);
+    free(ch->copy);
+    free(ch);
+}
+
+/* Take the channel's mutex; EBADF (unlocked again) if it is closed. */
+static int enter(mmapipc_channel *ch)
+{
+    pthread_mutex_lock(&ch->lock);
+    if (ch->map != NULL)
+        return 0;
+    pthread_mutex_unlock(&ch->lock);
+    errno = EBADF;
+    return MMAPIPC_EOS;
+}
+
+static int leave(mmapipc_channel *ch, int rc)
+{
+    pthread_mutex_unlock(&ch->lock);
+    return rc;
+}
+
+int mmapipc_sync(mmapipc_channel *ch)
+{
+    int rc = enter(ch);
+    if (rc != 0)
+        return rc;
+    return leave(ch, msync(ch->map, ch->size, MS_SYNC) == 0 ? 0 : MMAPIPC_EOS);
+}
+
+/* ---- the file under the mapping ---------------------------------------- */
+
+/* A reader whose path names a new regular file, long enough: map that one. */
+static int follow_path(mmapipc_channel *ch)
+{
+    struct stat st;
+    unsigned char *map;
+    int fd, flags = ch->flags & ~MMAPIPC_WRITE;
+    if (map_file(ch, ch->path, flags, &map, &fd, &st) != 0)
+        return 0;   /* not (yet) a record: keep the old one */
+    unmap_locked(ch);
+    ch->map = map;
+    ch->fd = fd;
+    ch->dev = (uint64_t)st.st_dev;
+    ch->ino = (uint64_t)st.st_ino;
+    reset_reader(ch);
+    ch->st.reopened++;
     return 0;
 }
 
-int mmapipc_sync(struct mmapipc_channel *ch)
+/* Is the mapped file still long enough, and does the path still name it?
+ * Bytes past the end of a file read as zeros without a fault when they share
+ * a page with bytes before it, so the size is asked of the file itself. */
+static int check_file(mmapipc_channel *ch, int64_t now)
 {
-    if (msync(ch->map, ch->size, MS_SYNC) != 0)
+    struct stat fst, pst;
+    int writer = (ch->flags & MMAPIPC_WRITE) != 0, follow = (ch->flags & MMAPIPC_FOLLOW) != 0;
+    int named = stat(ch->path, &pst) == 0;
+    int gone = !named && (errno == ENOENT || errno == ENOTDIR);
+    int same = named ? (uint64_t)pst.st_dev == ch->dev && (uint64_t)pst.st_ino == ch->ino : !gone;
+    ch->checked_at = now;
+    if (!same && named && follow && !writer)
+        return follow_path(ch);
+    if (!same && !(follow && !writer))
+        return MMAPIPC_EREPLACED;
+    if (fstat(ch->fd, &fst) != 0)
         return MMAPIPC_EOS;
-    return 0;
+    ch->st.file_size = (int64_t)fst.st_size;
+    ch->short_file = (size_t)fst.st_size < ch->size;
+    return ch->short_file ? MMAPIPC_ESHORT : 0;
 }
 
-/* ---- copies ------------------------------------------------------------ */
-
-static inline int has_seqlock(const struct mmapipc_channel *ch)
+static int check_file_if_due(mmapipc_channel *ch)
 {
-    return ch->seq_off >= 0 && ch->marker_off >= 0;
+    int64_t now = now_ns();
+    /* once found short, every call asks until the file is long enough again */
+    return ch->short_file || now - ch->checked_at >= ch->check_ns ? check_file(ch, now) : 0;
 }
+
+/* ---- stores ------------------------------------------------------------ */
 
 /* The parts of a record outside the lock bytes: at most three [from, to)
- * spans around the marker byte and the two sequence bytes, wherever they are. */
+ * spans around the marker byte and the two sequence bytes, in either order. */
 struct spans {
     size_t from[3], to[3];
     int n;
 };
 
-static inline void field_spans(const struct mmapipc_channel *ch, struct spans *sp)
+static void field_spans(const mmapipc_channel *ch, struct spans *sp)
 {
-    size_t m = (size_t)ch->marker_off, s = (size_t)ch->seq_off;
-    size_t a0 = m < s ? m : s, a1 = m < s ? m + 1 : s + 2;   /* first hole */
-    size_t b0 = m < s ? s : m, b1 = m < s ? s + 2 : m + 1;   /* second hole */
+    size_t holes[2][2] = {{(size_t)ch->marker_off, (size_t)ch->marker_off + 1},
+                          {(size_t)ch->seq_off, (size_t)ch->seq_off + 2}};
+    int first = ch->seq_off < ch->marker_off;
     size_t at = 0;
     sp->n = 0;
-    if (a0 > at) {
-        sp->from[sp->n] = at;
-        sp->to[sp->n++] = a0;
+    if (!has_seqlock(ch)) {
+        sp->from[0] = 0;
+        sp->to[0] = ch->size;
+        sp->n = 1;
+        return;
     }
-    at = a1;
-    if (b0 > at) {
-        sp->from[sp->n] = at;
-        sp->to[sp->n++] = b0;
+    for (int k = 0; k < 2; k++) {
+        const size_t *h = holes[k ^ first];
+        if (h[0] > at) {
+            sp->from[sp->n] = at;
+            sp->to[sp->n++] = h[0];
+        }
+        at = h[1];
     }
-    at = b1 > at ? b1 : at;
     if (ch->size > at) {
         sp->from[sp->n] = at;
         sp->to[sp->n++] = ch->size;
     }
 }
 
-/* Copy a record, leaving the marker and sequence bytes of dst untouched. */
-static inline void copy_fields(const struct mmapipc_channel *ch,
-                               unsigned char *dst, const unsigned char *src)
+static void copy_fields(const mmapipc_channel *ch, unsigned char *dst, const unsigned char *src)
 {
     struct spans sp;
     field_spans(ch, &sp);
@@ -294,78 +583,9 @@ static inline void copy_fields(const struct mmapipc_channel *ch,
         memcpy(dst + sp.from[i], src + sp.from[i], sp.to[i] - sp.from[i]);
 }
 
-static void clear_lock_bytes(const struct mmapipc_channel *ch, unsigned char *rec)
-{
-    if (has_seqlock(ch)) {
-        rec[ch->marker_off] = 0;
-        rec[ch->seq_off] = 0;
-        rec[ch->seq_off + 1] = 0;
-    }
-}
-
-/* Is the mapped file still long enough?  Bytes past its end read as zeros
- * without a fault when they share a page with bytes before it, so a copy
- * that changed without the seq lock's word is checked against the size. */
-static int check_size(struct mmapipc_channel *ch)
-{
-    struct stat st;
-    if (ch->path == NULL || stat(ch->path, &st) != 0)
-        return 0;   /* gone or unreadable: the mapping itself still holds */
-    if ((uint64_t)st.st_dev != ch->dev || (uint64_t)st.st_ino != ch->ino)
-        return 0;   /* replaced: nothing to say about our file */
-    ch->file_size = (int64_t)st.st_size;
-    if ((size_t)st.st_size < ch->size)
-        return MMAPIPC_ESHORT;
-    return 0;
-}
-
-/* Through the lock, bytes 0..marker are known to lie inside the file, but a
- * writer may go on storing into the page of a file truncated under it; so
- * changes it makes are checked against the size too, at most this often. */
-static int size_check_due(struct mmapipc_channel *ch)
-{
-    int64_t now = now_ns();
-    if (now - ch->size_checked_ns < ch->size_check_ns)
-        return 0;
-    ch->size_checked_ns = now;
-    return 1;
-}
-
-int mmapipc_store(struct mmapipc_channel *ch)
-{
-    struct guard g;
-    unsigned char *m = ch->map;
-
-    if (m == NULL) {
-        errno = EBADF;
-        return MMAPIPC_EOS;
-    }
-    GUARD_BEGIN(g, m, ch->size);
-    if (ch->seqlock && has_seqlock(ch)) {
-        _Atomic uint16_t *seq = (_Atomic uint16_t *)(m + ch->seq_off);
-        uint16_t s = ch->seq;
-        atomic_store_explicit(seq, (uint16_t)(s + 1), memory_order_relaxed);
-        m[ch->marker_off] = MMAPIPC_SEQ_MARKER;
-        atomic_thread_fence(memory_order_release);
-        copy_fields(ch, m, ch->src);
-        atomic_thread_fence(memory_order_release);
-        atomic_store_explicit(seq, (uint16_t)(s + 2), memory_order_relaxed);
-        ch->seq = (uint16_t)(s + 2);
-    } else {
-        memcpy(m, ch->src, ch->size);
-    }
-    GUARD_END(g);
-    if (size_check_due(ch))
-        return check_size(ch);  /* a truncated file would swallow the record */
-    return 0;
-}
-
-static inline int same_fields(const struct mmapipc_channel *ch,
-                              const unsigned char *a, const unsigned char *b)
+static int same_fields(const mmapipc_channel *ch, const unsigned char *a, const unsigned char *b)
 {
     struct spans sp;
-    if (!has_seqlock(ch))
-        return memcmp(a, b, ch->size) == 0;
     field_spans(ch, &sp);
     for (int i = 0; i < sp.n; i++)
         if (memcmp(a + sp.from[i], b + sp.from[i], sp.to[i] - sp.from[i]) != 0)
@@ -373,306 +593,382 @@ static inline int same_fields(const struct mmapipc_channel *ch,
     return 1;
 }
 
-/* Copy until two consecutive copies agree (writers without the seq lock). */
-static int fetch_agreed(struct mmapipc_channel *ch)
+static inline int notifies(const mmapipc_channel *ch)
 {
-    unsigned char *a = ch->scratch, *b = ch->scratch + ch->size;
-    const unsigned char *m = ch->map;
-    int64_t start = 0;
-    memcpy(a, m, ch->size);
-    for (unsigned long i = 0;; i++) {
-        atomic_signal_fence(memory_order_seq_cst);
-        memcpy(b, m, ch->size);
-        atomic_signal_fence(memory_order_seq_cst);
-        if (memcmp(a, b, ch->size) == 0) {
-            ch->fallback_reads++;
-            return 0;
-        }
-        memcpy(a, b, ch->size);
-        if ((i & 255) == 255) {
-            if (start == 0)
-                start = now_ns();
-            else if (now_ns() - start > ch->unstable_ns)
-                return MMAPIPC_EUNSTABLE;
-        }
-    }
+    return (ch->flags & MMAPIPC_NOTIFY) && can_notify(ch);
 }
 
-/* Fill ch->scratch with a stable copy of the record (inside a guard). */
-static int fetch(struct mmapipc_channel *ch, uint16_t *seq_out, int *agreed)
-{
-    const unsigned char *m = ch->map;
-    int64_t start = 0;
-
-    *agreed = 1;
-    if (!has_seqlock(ch) || m[ch->marker_off] != MMAPIPC_SEQ_MARKER)
-        return fetch_agreed(ch);
-    _Atomic uint16_t *seq = (_Atomic uint16_t *)(m + ch->seq_off);
-    for (unsigned long i = 0;; i++) {
-        uint16_t s1 = atomic_load_explicit(seq, memory_order_acquire);
-        if (s1 & 1) {
-            uint32_t pad = ((uint32_t)m[ch->marker_off] << 16) | s1;
-            if (ch->stuck_valid && ch->stuck == pad)
-                return fetch_agreed(ch);
-            if (start == 0)
-                start = now_ns();
-            int64_t waited = now_ns() - start;
-            if (waited > ch->stuck_ns) {
-                /* A dead writer, or garbage that looks like our marker:
-                 * decide once, and read this value by agreement from now. */
-                ch->stuck = pad;
-                ch->stuck_valid = 1;
-                return fetch_agreed(ch);
-            }
-            if (waited < 20000)
-                cpu_relax();
-            else
-                sleep_ns(20000);
-            continue;
-        }
-        memcpy(ch->scratch, m, ch->size);
-        atomic_thread_fence(memory_order_acquire);
-        uint16_t s2 = atomic_load_explicit(seq, memory_order_relaxed);
-        if (s1 == s2 && m[ch->marker_off] == MMAPIPC_SEQ_MARKER) {
-            ch->stuck_valid = 0;
-            if (ch->have && s1 == ch->seq && !same_fields(ch, ch->scratch, ch->copy)) {
-                /* The fields changed but the sequence did not: this writer
-                 * keeps no seq lock (garbage padding), so confirm by agreement
-                 * (and stop trusting the lock now, even if agreement fails). */
-                ch->verified = 0;
-                return fetch_agreed(ch);
-            }
-            if (ch->verified == 0)
-                ch->verified = 1;       /* this copy came through the lock */
-            else if (ch->have && s1 != ch->seq)
-                ch->verified = 2;       /* and the sequence moves: a real lock */
-            *seq_out = s1;
-            *agreed = 0;
-            ch->seqlock_reads++;
-            return 0;
-        }
-        if ((i & 255) == 255) {
-            if (start == 0)
-                start = now_ns();
-            else if (now_ns() - start > ch->unstable_ns)
-                return MMAPIPC_EUNSTABLE;
-        }
-    }
-}
-
-/* Guarded fetch, then compare with the last copy. */
-static int load_guarded(struct mmapipc_channel *ch)
+/* The store itself: the sequence goes odd, the fields are copied, it goes
+ * even again.  It carries on from the sequence in the file, so that writers
+ * that take turns (or a writer that died mid-store) keep it moving. */
+static int store_guarded(mmapipc_channel *ch, const unsigned char *rec)
 {
     struct guard g;
-    uint16_t s = ch->seq;
-    int rc, agreed = 1;
-
-    if (ch->map == NULL) {
-        errno = EBADF;
-        return MMAPIPC_EOS;
+    unsigned char *m = ch->map;
+    guard_prepare(&g, m, ch->size);
+    if (sigsetjmp(g.env, 0) != 0)
+        return guard_fault(&g);
+    guard_arm(&g);
+    if (has_seqlock(ch)) {
+        _Atomic uint16_t *seq = seq_word(ch, m);
+        uint16_t s = atomic_load_explicit(seq, memory_order_relaxed);
+        s = (uint16_t)(s + (s & 1));
+        atomic_store_explicit(seq, (uint16_t)(s + 1), memory_order_relaxed);
+        m[ch->marker_off] = notifies(ch) ? MMAPIPC_NOTIFY_MARKER : MMAPIPC_SEQ_MARKER;
+        atomic_thread_fence(memory_order_release);
+        copy_fields(ch, m, rec);
+        atomic_thread_fence(memory_order_release);
+        atomic_store_explicit(seq, (uint16_t)(s + 2), memory_order_relaxed);
+    } else {
+        memcpy(m, rec, ch->size);
     }
-    GUARD_BEGIN(g, ch->map, ch->size);
-    if (ch->have && ch->verified == 2 && has_seqlock(ch) &&
-        ch->map[ch->marker_off] == MMAPIPC_SEQ_MARKER &&
-        atomic_load_explicit((_Atomic uint16_t *)(ch->map + ch->seq_off),
-                             memory_order_acquire) == ch->seq) {
-        GUARD_END(g);
-        return 0;   /* a seq lock writer has not written since */
-    }
-    rc = fetch(ch, &s, &agreed);
-    GUARD_END(g);
-    if (rc != 0)
-        return rc;
-    ch->seq = s;
-    if (agreed)
-        ch->verified = 0;
-    else
-        clear_lock_bytes(ch, ch->scratch);  /* ours; a legacy writer's stay as they are */
-    if (ch->have && same_fields(ch, ch->scratch, ch->copy))
-        return 0;
-    /* A non-zero last byte read by agreement proves the file still covers the
-     * whole record (past its end a page reads as zeros); else, and now and
-     * then anyway, ask the file system. */
-    int check = (agreed && ch->scratch[ch->size - 1] == 0) || size_check_due(ch);
-    if (check && (rc = check_size(ch)) != 0)
-        return rc;
-    memcpy(ch->copy, ch->scratch, ch->size);
-    ch->have = 1;
-    return 1;
-}
-
-int mmapipc_load(struct mmapipc_channel *ch)
-{
-    return load_guarded(ch);
-}
-
-int mmapipc_load_raw(struct mmapipc_channel *ch)
-{
-    struct guard g;
-    if (ch->map == NULL) {
-        errno = EBADF;
-        return MMAPIPC_EOS;
-    }
-    GUARD_BEGIN(g, ch->map, ch->size);
-    memcpy(ch->scratch, ch->map, ch->size);
-    GUARD_END(g);
+    guard_end(&g);
     return 0;
 }
 
-/* Cheap check: could the record differ from ch->copy?  (inside a guard) */
-static inline int maybe_changed(const struct mmapipc_channel *ch)
+int mmapipc_store(mmapipc_channel *ch, const char *rec)
+{
+    int rc = enter(ch);
+    if (rc != 0)
+        return rc;
+    rc = store_guarded(ch, (const unsigned char *)rec);
+    if (rc == 0 && notifies(ch))   /* a truncated file: EFAULT here, not SIGBUS */
+        futex_wake(futex_word(ch, ch->map));
+    if (rc == 0)   /* a truncated file would swallow the record: say so */
+        rc = check_file_if_due(ch);
+    return leave(ch, rc);
+}
+
+/* ---- loads ------------------------------------------------------------- */
+
+static inline int marked(const mmapipc_channel *ch, const unsigned char *m)
+{
+    unsigned char mark = has_seqlock(ch) ? m[ch->marker_off] : 0;
+    return mark == MMAPIPC_SEQ_MARKER || mark == MMAPIPC_NOTIFY_MARKER;
+}
+
+static inline uint32_t pad_value(const mmapipc_channel *ch, uint16_t s)
+{
+    return ((uint32_t)ch->map[ch->marker_off] << 16) | s;
+}
+
+/* A store is in progress (odd sequence): wait for it, unless this very value
+ * has not moved for stuck_ns (a writer that died mid-store, or legacy padding
+ * that looks like the lock): then remember it and read by agreement.
+ * Returns 1 to read by agreement now, 0 to look again. */
+static int wait_for_store(mmapipc_channel *ch, uint16_t s, uint16_t *last, int64_t *since)
+{
+    int64_t now = now_ns();
+    if (*since == 0 || s != *last) {
+        *last = s;          /* the sequence moved: a live writer, start again */
+        *since = now;
+        return 0;
+    }
+    if (now - *since > ch->stuck_ns) {
+        ch->stuck = pad_value(ch, s);
+        ch->stuck_valid = 1;
+        return 1;
+    }
+    if (now - *since < 20000) {
+        cpu_relax();
+    } else {
+        struct timespec ts = {0, 20000};
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
+
+/* Two copies that agree (and, with a marker, an unchanged sequence). */
+static int copies_agree(mmapipc_channel *ch, unsigned char *dst, int mark, uint16_t s1)
 {
     const unsigned char *m = ch->map;
-    if (!ch->have)
-        return 1;
-    if (has_seqlock(ch) && m[ch->marker_off] == MMAPIPC_SEQ_MARKER) {
-        uint16_t s = atomic_load_explicit((_Atomic uint16_t *)(m + ch->seq_off),
-                                          memory_order_relaxed);
-        if (s == ch->seq && ch->verified == 2)
-            return 0;
-        if (!(s & 1) && s != ch->seq)
-            return 1;   /* a store completed since */
-        if (!(s & 1))
-            return !same_fields(ch, m, ch->copy);   /* lock not proven: look */
-        /* odd: being written, or stuck; a stuck value is read by agreement */
-        uint32_t pad = ((uint32_t)m[ch->marker_off] << 16) | s;
-        if (!(ch->stuck_valid && ch->stuck == pad))
-            return 0;
-    }
-    return !same_fields(ch, m, ch->copy);
+    unsigned char *second = dst == ch->scratch ? ch->scratch + ch->size : ch->scratch;
+    memcpy(second, m, ch->size);
+    atomic_thread_fence(memory_order_acquire);
+    if (memcmp(dst, second, ch->size) != 0)
+        return 0;
+    return !mark || atomic_load_explicit(seq_word(ch, m), memory_order_relaxed) == s1;
 }
 
-static int poll_changed(struct mmapipc_channel *ch)
+/* Has the reader tried for a stable copy longer than unstable_ns? */
+static int gave_up(const mmapipc_channel *ch, int64_t *started)
+{
+    int64_t now = now_ns();
+    if (*started == 0)
+        *started = now;
+    return now - *started > ch->unstable_ns;
+}
+
+/* Fill dst with a copy that can be trusted (inside a guard).  Through the
+ * lock when the sequence was even, unchanged across the copy, and moved since
+ * the last record; otherwise (no lock, a stuck one, or fields that changed
+ * while the sequence did not) when two copies agree. */
+static int fetch(mmapipc_channel *ch, unsigned char *dst)
+{
+    const unsigned char *m = ch->map;
+    int64_t started = 0, since = 0;
+    uint16_t last_odd = 0;
+    for (unsigned long i = 1;; i++) {
+        if ((i & 63) == 0 && gave_up(ch, &started))
+            return MMAPIPC_EUNSTABLE;
+        int mark = marked(ch, m);
+        uint16_t s1 = mark ? atomic_load_explicit(seq_word(ch, m), memory_order_acquire) : 0;
+        int stuck = mark && (s1 & 1) && ch->stuck_valid && ch->stuck == pad_value(ch, s1);
+        if (mark && (s1 & 1) && !stuck && !wait_for_store(ch, s1, &last_odd, &since))
+            continue;
+        memcpy(dst, m, ch->size);
+        atomic_thread_fence(memory_order_acquire);
+        if (mark && !(s1 & 1) && !stuck && s1 != ch->seq &&
+            atomic_load_explicit(seq_word(ch, m), memory_order_relaxed) == s1 &&
+            marked(ch, m)) {
+            ch->seq = s1;
+            ch->st.seqlock_reads++;
+            return 1;
+        }
+        if (copies_agree(ch, dst, mark, s1)) {
+            ch->seq = s1;
+            ch->st.fallback_reads++;
+            return 0;
+        }
+    }
+}
+
+/* 1 if the fields in the mapping differ from the last record (inside a guard). */
+static inline int fields_moved(const mmapipc_channel *ch)
+{
+    return ch->have == TRUST_NONE || !same_fields(ch, ch->map, ch->copy);
+}
+
+/* Guarded: look, and if the fields moved, fetch a trusted copy into scratch.
+ * Returns 0 unchanged, 1 fetched through the lock, 2 fetched by agreement. */
+static int look_and_fetch(mmapipc_channel *ch)
 {
     struct guard g;
-    int r;
-    GUARD_BEGIN(g, ch->map, ch->size);
-    atomic_thread_fence(memory_order_acquire);
-    r = maybe_changed(ch);
-    GUARD_END(g);
-    return r;
-}
-
-int mmapipc_poll(struct mmapipc_channel *ch)
-{
-    if (ch->map == NULL) {
-        errno = EBADF;
-        return MMAPIPC_EOS;
+    int rc = 0;
+    guard_prepare(&g, ch->map, ch->size);
+    if (sigsetjmp(g.env, 0) != 0)
+        return guard_fault(&g);
+    guard_arm(&g);
+    if (fields_moved(ch)) {
+        rc = fetch(ch, ch->scratch);
+        rc = rc < 0 ? rc : rc + (rc == 0 ? 2 : 0);
     }
-    return poll_changed(ch);
-}
-
-/* The longest single nap: bounds how late an early change of a regular
- * writer can be seen. */
-#define NAP_MAX_NS 20000000
-
-/* The period of a regular writer, from the gaps between the last changes
- * seen: their minimum, and in *jitter how far they spread; 0 if they spread
- * more than our own sleeps and a quarter of the period explain (irregular). */
-static int64_t writer_period(const struct mmapipc_channel *ch, int64_t *jitter)
-{
-    int n = ch->ngaps < 8 ? ch->ngaps : 8;
-    int64_t lo, hi, tolerance;
-    if (n < 4)
-        return 0;
-    lo = hi = ch->gaps[0];
-    for (int i = 1; i < n; i++) {
-        if (ch->gaps[i] < lo)
-            lo = ch->gaps[i];
-        if (ch->gaps[i] > hi)
-            hi = ch->gaps[i];
-    }
-    *jitter = hi - lo;
-    tolerance = 2 * ch->sleep_max_ns > lo / 4 ? 2 * ch->sleep_max_ns : lo / 4;
-    return hi - lo <= tolerance && hi - lo < lo / 2 ? lo : 0;
-}
-
-static void note_change(struct mmapipc_channel *ch, int64_t now)
-{
-    if (ch->seen_ns > 0)
-        ch->gaps[ch->ngaps++ % 8] = now - ch->seen_ns;
-    if (ch->ngaps >= 16)
-        ch->ngaps = 8 + ch->ngaps % 8;  /* keep the index small, the history full */
-    ch->seen_ns = now;
-}
-
-/*
- * Wait for a change: spin a little, then sleep, doubling the sleeps up to a
- * ceiling.  Against a writer that changes the record at a regular period
- * (most loops do), nap until just before the next change is due (the
- * shortest gap seen, less their spread), then poll with the shortest sleeps
- * until the change is overdue: one long sleep instead of a doubling series,
- * and the change seen soon after it lands.
- */
-int mmapipc_wait(struct mmapipc_channel *ch)
-{
-    int64_t start = now_ns(), now, sleep = ch->sleep_min_ns, spin = ch->spin_ns;
-    int64_t period = 0, jitter = 0, nap_until = 0, overdue = 0;
-    int slack = -1, rc;
-
-    if (ch->map == NULL) {
-        errno = EBADF;
-        return MMAPIPC_EOS;
-    }
-    if (ch->predict && !ch->busy && ch->seen_ns > 0 &&
-        (period = writer_period(ch, &jitter)) > 0) {
-        int64_t margin = jitter > period / 16 ? jitter : period / 16;
-        nap_until = ch->seen_ns + period - margin;
-        overdue = ch->seen_ns + period + margin;
-        if (sleep < margin / 2)   /* a few polls across the window it may land in, */
-            sleep = margin / 2 < ch->sleep_max_ns ? margin / 2 : ch->sleep_max_ns;
-                                  /* never apart by more than the ceiling */
-        spin = 0;
-    }
-    if (ch->resume) {
-        spin = 0;
-        if (period == 0 || start > overdue)
-            sleep = ch->sleep_max_ns;
-    }
-    for (;;) {
-        rc = poll_changed(ch);
-        if (rc > 0) {
-            rc = load_guarded(ch);
-            if (rc == 1)
-                note_change(ch, now_ns());
-            if (rc != 0)
-                break;   /* changed (1) or an error */
-        } else if (rc < 0) {
-            break;
-        }
-        now = now_ns();
-        if (ch->timeout_ns >= 0 && now - start >= ch->timeout_ns) {
-            rc = MMAPIPC_ETIMEDOUT;
-            break;
-        }
-        if (ch->busy || now - start < spin) {
-            cpu_relax();
-            continue;
-        }
-        if (slack < 0) {
-            /* The default 50 us timer slack would dwarf short sleeps. */
-            slack = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
-            if (slack > 1000)
-                prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
-        }
-        int64_t want = sleep;
-        if (now < nap_until) {               /* the writer is not due yet: nap, but */
-            want = nap_until - now;          /* not so long that an early change */
-            if (want > NAP_MAX_NS)           /* would wait for the whole period */
-                want = NAP_MAX_NS;
-        }
-        int64_t left = ch->timeout_ns >= 0 ? ch->timeout_ns - (now - start) : want;
-        if (sleep_ns(want < left ? want : left) != 0) {
-            rc = MMAPIPC_EINTR;
-            break;
-        }
-        if (now >= overdue && sleep < ch->sleep_max_ns) {  /* overdue >= nap_until */
-            sleep *= 2;
-            if (sleep > ch->sleep_max_ns)
-                sleep = ch->sleep_max_ns;
-        }
-    }
-    if (slack > 1000)
-        prctl(PR_SET_TIMERSLACK, (unsigned long)slack, 0, 0, 0);
+    guard_end(&g);
     return rc;
+}
+
+static int load_locked(mmapipc_channel *ch, char *out)
+{
+    int rc = check_file_if_due(ch);
+    if (rc != 0)
+        return rc;
+    rc = look_and_fetch(ch);
+    if (rc <= 0)
+        return rc;
+    if (rc == 1) {   /* our lock bytes are not the record's: zero them */
+        ch->scratch[ch->marker_off] = 0;
+        ch->scratch[ch->seq_off] = 0;
+        ch->scratch[ch->seq_off + 1] = 0;
+    }
+    if (ch->have != TRUST_NONE && same_fields(ch, ch->scratch, ch->copy))
+        return 0;
+    /* A non-zero last byte proves the file still covers the whole record
+     * (past its end a page reads as zeros); else ask the file now. */
+    if (ch->scratch[ch->size - 1] == 0 && (rc = check_file(ch, now_ns())) != 0)
+        return rc;
+    memcpy(ch->copy, ch->scratch, ch->size);
+    ch->have = TRUST_LOADED;
+    memcpy(out, ch->copy, ch->size);
+    return 1;
+}
+
+int mmapipc_load(mmapipc_channel *ch, char *out)
+{
+    int rc = enter(ch);
+    if (rc != 0)
+        return rc;
+    return leave(ch, load_locked(ch, out));
+}
+
+static int raw_guarded(mmapipc_channel *ch, unsigned char *out)
+{
+    struct guard g;
+    guard_prepare(&g, ch->map, ch->size);
+    if (sigsetjmp(g.env, 0) != 0)
+        return guard_fault(&g);
+    guard_arm(&g);
+    memcpy(out, ch->map, ch->size);
+    guard_end(&g);
+    return 0;
+}
+
+int mmapipc_load_raw(mmapipc_channel *ch, char *out)
+{
+    int rc = enter(ch);
+    if (rc != 0)
+        return rc;
+    return leave(ch, raw_guarded(ch, (unsigned char *)out));
+}
+
+/* Guarded: do the fields differ from the last record?  *word gets the futex
+ * word as it was before the comparison when the writer notifies, so that a
+ * sleep on it ends at once if a store came in between (else *notify = 0). */
+static int moved_guarded(mmapipc_channel *ch, uint32_t *word, int *notify)
+{
+    struct guard g;
+    const unsigned char *m = ch->map;
+    int rc;
+    guard_prepare(&g, m, ch->size);
+    if (sigsetjmp(g.env, 0) != 0)
+        return guard_fault(&g);
+    guard_arm(&g);
+    *notify = can_notify(ch) && m[ch->marker_off] == MMAPIPC_NOTIFY_MARKER;
+    if (*notify)
+        *word = atomic_load_explicit(futex_word(ch, m), memory_order_acquire);
+    atomic_thread_fence(memory_order_acquire);
+    rc = fields_moved(ch);
+    guard_end(&g);
+    return rc;
+}
+
+static int poll_locked(mmapipc_channel *ch, uint32_t *word, int *notify)
+{
+    uint64_t reopened = ch->st.reopened;
+    int rc = check_file_if_due(ch);
+    *notify = 0;
+    if (rc != 0)
+        return rc;
+    return ch->st.reopened != reopened ? 1 : moved_guarded(ch, word, notify);
+}
+
+int mmapipc_poll(mmapipc_channel *ch)
+{
+    int rc = enter(ch);
+    if (rc != 0)
+        return rc;
+    uint32_t word;
+    int notify;
+    return leave(ch, poll_locked(ch, &word, &notify));
+}
+
+/* ---- waiting ----------------------------------------------------------- */
+
+/* How closely to look around the time a regular writer is due. */
+#define FINE_NS 50000
+
+/* The period of a regular writer: the mean gap between the estimated times
+ * of its last changes, and in *spread how far the gaps stray; 0 if there are
+ * too few, or they stray more than a quarter of it (an irregular writer). */
+static int64_t writer_period(const mmapipc_channel *ch, int64_t *spread)
+{
+    int n = ch->nchanges;
+    int64_t lo = INT64_MAX, hi = 0, period;
+    if (n < 3)
+        return 0;
+    for (int i = 1; i < n; i++) {
+        int64_t gap = ch->changes[i] - ch->changes[i - 1];
+        lo = gap < lo ? gap : lo;
+        hi = gap > hi ? gap : hi;
+    }
+    period = (ch->changes[n - 1] - ch->changes[0]) / (n - 1);
+    *spread = hi - lo;
+    return period > 0 && hi - lo <= period / 4 ? period : 0;
+}
+
+/* A change was seen at now.  It landed after the previous look: remember the
+ * middle when that look was a close one, else assume it was seen FINE_NS/2
+ * after it landed (a first look after a nap finds it already there). */
+static void note_change(mmapipc_channel *ch, int64_t now)
+{
+    int64_t since = ch->last_poll > 0 ? now - ch->last_poll : 0;
+    int64_t landed = now - (since < 2 * FINE_NS ? since : FINE_NS) / 2;
+    if (ch->nchanges == NGAPS) {
+        memmove(ch->changes, ch->changes + 1, (NGAPS - 1) * sizeof ch->changes[0]);
+        ch->nchanges--;
+    }
+    ch->changes[ch->nchanges++] = landed;
+}
+
+/* The gap in force: max_gap while the writer changed the record within
+ * idle_after, idle_gap after a longer silence. */
+static int64_t gap_in_force(const mmapipc_channel *ch, int64_t now)
+{
+    int64_t last = ch->nchanges ? ch->changes[ch->nchanges - 1] : 0;
+    return last > 0 && now - last < ch->wp.idle_after ? ch->wp.max_gap : ch->wp.idle_gap;
+}
+
+/* When to look next: an eighth of the gap in force before it runs out (room
+ * for a wake-up that comes late), or sooner where a regular writer is due:
+ * a first look a quarter of the spread of its gaps before its next change,
+ * then every FINE_NS until that change is half the spread and FINE_NS late. */
+static int64_t next_look(const mmapipc_channel *ch, int64_t now)
+{
+    int64_t gap = gap_in_force(ch, now), next = now + gap - gap / 8, spread = 0;
+    int64_t period = ch->wp.predict ? writer_period(ch, &spread) : 0;
+    if (period > 0) {
+        int64_t last = ch->changes[ch->nchanges - 1], tail = spread / 2 + FINE_NS;
+        int64_t past = now - last - tail;
+        int64_t due = last + period * (past >= 0 ? past / period + 1 : 1);
+        int64_t soon = now < due - spread / 4 ? due - spread / 4 : now + FINE_NS;
+        next = soon < next ? soon : next;
+    }
+    return next;
+}
+
+/* One look in the wait: 1 changed, 0 not, < 0 an error.  A look later than
+ * the bound planned for it is counted: a late wake-up, not the design. */
+static int look(mmapipc_channel *ch, int64_t now, int64_t bound, uint32_t *word, int *notify)
+{
+    int rc = poll_locked(ch, word, notify);
+    ch->st.polls++;
+    if (bound > 0 && now > bound)
+        ch->st.late_polls++;
+    if (rc == 1)
+        note_change(ch, now);
+    ch->last_poll = now;
+    return rc;
+}
+
+/* Between two looks, without the channel's mutex: on a notifying writer's
+ * futex until it stores (or the slice ends: a legacy writer that takes over
+ * wakes nobody), else until the next look is due.  -1 on a signal. */
+static int pause_wait(mmapipc_channel *ch, int64_t now, int64_t end, uint32_t word, int notify)
+{
+    int64_t next;
+    if (ch->wp.busy) {
+        pthread_mutex_unlock(&ch->lock);
+        cpu_relax();
+        return 0;
+    }
+    if (notify) {
+        _Atomic uint32_t *addr = futex_word(ch, ch->map);
+        ch->st.sleeps++;
+        pthread_mutex_unlock(&ch->lock);
+        return futex_sleep(addr, word, end);
+    }
+    next = next_look(ch, now);
+    pthread_mutex_unlock(&ch->lock);
+    return sleep_until(next < end ? next : end);
+}
+
+int mmapipc_wait(mmapipc_channel *ch, int64_t timeout)
+{
+    int64_t start = now_ns(), now = start, bound = 0;
+    uint32_t word = 0;
+    int notify = 0, rc = enter(ch);
+    if (rc != 0)
+        return rc;
+    if (!ch->wp.busy)
+        fine_timer();
+    while ((rc = look(ch, now, bound, &word, &notify)) == 0) {
+        if (now - start >= timeout)
+            return leave(ch, MMAPIPC_ETIMEDOUT);
+        bound = notify ? 0 : now + gap_in_force(ch, now);
+        if (pause_wait(ch, now, start + timeout, word, notify) != 0)
+            return MMAPIPC_EINTR;
+        if ((rc = enter(ch)) != 0)
+            return rc;   /* closed while we slept */
+        now = now_ns();
+    }
+    return leave(ch, rc);
 }

@@ -6,6 +6,11 @@
  * the part between the CDEF markers for its cdef, so C and Python share
  * one declaration of every struct and function.  Functions return a
  * negative MMAPIPC_E* code on failure; MMAPIPC_EOS means errno says why.
+ *
+ * A channel is one mapped record and the state of its reader or writer.  It
+ * is opaque, and safe to share between threads: every call that touches the
+ * mapping holds the channel's mutex, and close() unmaps only when no call is
+ * inside the mapping (a call that comes after it fails with EBADF).
  */
 #ifndef MMAPIPC_H
 #define MMAPIPC_H
@@ -31,82 +36,98 @@ struct STU {
 #define MMAPIPC_EUNSTABLE -6  /* the record never held still long enough */
 #define MMAPIPC_ETIMEDOUT -7  /* a wait ran out of time */
 #define MMAPIPC_EINTR -8      /* a wait was interrupted by a signal */
+#define MMAPIPC_EREPLACED -9  /* the path no longer names the mapped file */
+#define MMAPIPC_ELINKS -10    /* the writer would write a file with other hard links */
 
 /* Flags for mmapipc_open. */
 #define MMAPIPC_WRITE 1           /* map for writing (creates the file) */
 #define MMAPIPC_FOLLOW_SYMLINKS 2 /* the writer may open through a symlink */
-#define MMAPIPC_FORCE 4           /* the writer may shrink a longer file */
+#define MMAPIPC_FORCE 4           /* the writer may shrink or share a file */
+#define MMAPIPC_FOLLOW 8          /* a reader reopens the path when it names a new file */
+#define MMAPIPC_NOTIFY 16         /* the writer wakes waiters after each store */
 
-/* The marker byte that says a sequence lock is kept in the padding. */
+/* The marker byte that says a sequence lock is kept in the padding; the
+ * second one says so too, and that the writer wakes waiters after each store
+ * (FUTEX_WAKE on the aligned 32-bit word that holds the sequence). */
 #define MMAPIPC_SEQ_MARKER 0xA5
+#define MMAPIPC_NOTIFY_MARKER 0xA6
 
-/* One mapped record and the state of its reader or writer. */
-struct mmapipc_channel {
-    unsigned char *map;       /* the mapping; NULL when closed */
-    const char *path;         /* the path it was opened by (kept by the caller) */
-    uint64_t dev, ino;        /* the file it maps */
-    size_t size;              /* record size in bytes */
-    int marker_off;           /* padding byte for the marker, or -1 */
-    int seq_off;              /* 2-aligned padding for the 16-bit seq, or -1 */
-    int64_t file_size;        /* file size seen at open, -1 if unknown */
-    unsigned char *src;       /* writer: the record to store (size bytes) */
-    unsigned char *copy;      /* reader: last record returned (size bytes) */
-    unsigned char *scratch;   /* reader: work buffers (2 * size bytes) */
-    int have;                 /* reader: copy holds a record */
-    int verified;             /* reader: 0 last copy by agreement, 1 through the
-                                 lock, 2 the lock's sequence has been seen to move */
-    int seqlock;              /* writer: keep the sequence lock */
-    uint16_t seq;             /* writer: last sequence; reader: seq of copy */
-    uint32_t stuck;           /* reader: padding value known to be stuck */
-    int stuck_valid;          /* reader: stuck holds a value */
-    int64_t stuck_ns;         /* reader: how long an odd seq may last */
-    int64_t unstable_ns;      /* reader: how long to try for a stable copy */
-    int64_t spin_ns;          /* wait: spin this long after each change */
-    int64_t sleep_min_ns;     /* wait: first sleep after the spin */
-    int64_t sleep_max_ns;     /* wait: ceiling the sleeps double up to */
-    int64_t timeout_ns;       /* wait: give up after this long; < 0 never */
-    int busy;                 /* wait: spin instead of sleeping */
-    int resume;               /* wait: carry on a wait (no spin, longest sleeps) */
-    int predict;              /* wait: nap through a regular writer's period */
-    int64_t seen_ns;          /* wait: when the last change was seen */
-    int64_t gaps[8];          /* wait: the last gaps between changes seen */
-    int ngaps;                /* wait: how many gaps were recorded */
-    int64_t size_check_ns;    /* check the file size at most this often */
-    int64_t size_checked_ns;  /* when it was last checked */
-    uint64_t seqlock_reads;   /* reader: copies accepted by the seq lock */
-    uint64_t fallback_reads;  /* reader: copies accepted by agreement */
+typedef struct mmapipc_channel mmapipc_channel;
+
+/* What a channel has counted. */
+struct mmapipc_stats {
+    uint64_t seqlock_reads;   /* copies accepted through the sequence lock */
+    uint64_t fallback_reads;  /* copies accepted because two copies agreed */
+    uint64_t polls;           /* looks at the record while waiting */
+    uint64_t late_polls;      /* looks later than the bound in force (a late wake-up) */
+    uint64_t reopened;        /* times a reader followed its path to a new file */
+    uint64_t sleeps;          /* waits on a notifying writer's futex */
+    int64_t file_size;        /* the file's size when last looked at, -1 unknown */
 };
+
+/* How a wait looks for changes (times in ns).  While the record changed within
+ * the last idle_after, it looks at least every max_gap; after a longer silence,
+ * every idle_gap.  predict looks more closely when a regular writer is due;
+ * busy spins instead of sleeping. */
+struct mmapipc_wait_params {
+    int64_t max_gap;
+    int64_t idle_gap;
+    int64_t idle_after;
+    int predict;
+    int busy;
+};
+
+/* A closed channel for records of size bytes, with the sequence lock's marker
+ * byte and 2-aligned 16-bit sequence at those offsets (-1, -1: no lock).
+ * NULL with errno EINVAL for offsets out of range, unaligned or overlapping. */
+mmapipc_channel *mmapipc_new(size_t size, int marker_off, int seq_off);
+
+/* Close and free. */
+void mmapipc_free(mmapipc_channel *ch);
+
+/* Limits (ns): how long an odd sequence that does not move is waited for,
+ * how long a reader tries for a stable copy, how often the file is checked. */
+int mmapipc_set_limits(mmapipc_channel *ch, int64_t stuck, int64_t unstable,
+                       int64_t file_check);
+
+int mmapipc_set_wait(mmapipc_channel *ch, const struct mmapipc_wait_params *p);
 
 /* Install the SIGBUS handler first in the chain (idempotent, thread-safe). */
 int mmapipc_guard_install(void);
 
-/* Open path and map one record; MMAPIPC_WRITE maps it for writing.
- * path must stay valid until the channel is closed. */
-int mmapipc_open(struct mmapipc_channel *ch, const char *path, int flags);
+/* Hold new guarded copies and wait for those in progress, so that another
+ * SIGBUS handler can be installed while none can fault; resume puts ours back
+ * in front and lets them go on. */
+void mmapipc_guard_pause(void);
+int mmapipc_guard_resume(void);
 
-/* Unmap; safe to call twice. */
-int mmapipc_close(struct mmapipc_channel *ch);
+/* Open path and map one record (the descriptor is kept, to watch the file). */
+int mmapipc_open(mmapipc_channel *ch, const char *path, int flags);
+
+/* Unmap and close; safe to call twice. */
+int mmapipc_close(mmapipc_channel *ch);
 
 /* msync the record to the file. */
-int mmapipc_sync(struct mmapipc_channel *ch);
+int mmapipc_sync(mmapipc_channel *ch);
 
-/* Store ch->src into the mapping (one guarded copy, under the seq lock). */
-int mmapipc_store(struct mmapipc_channel *ch);
+/* Store a record (size bytes) in one guarded copy, under the sequence lock. */
+int mmapipc_store(mmapipc_channel *ch, const char *rec);
 
-/* Load a stable copy: 1 if it differs from ch->copy (now updated), 0 if not. */
-int mmapipc_load(struct mmapipc_channel *ch);
+/* Load a stable copy: 1 and out filled if it differs from the last one
+ * loaded, 0 if not (out untouched). */
+int mmapipc_load(mmapipc_channel *ch, char *out);
 
-/* Cheap check: 1 if a load might return a new record (a writer stored since,
- * or the bytes differ), 0 if it would not. */
-int mmapipc_poll(struct mmapipc_channel *ch);
+/* 1 if a load might return a new record (the fields differ), 0 if not. */
+int mmapipc_poll(mmapipc_channel *ch);
 
-/* One guarded copy into ch->scratch, as it is: no stability check. */
-int mmapipc_load_raw(struct mmapipc_channel *ch);
+/* One guarded copy of the mapped bytes into out, as they are. */
+int mmapipc_load_raw(mmapipc_channel *ch, char *out);
 
-/* Wait until mmapipc_load would return 1, then do it; or time out, or
- * return MMAPIPC_EINTR when a signal interrupts a sleep.  Callers wait in
- * slices, so that signal handlers get to run between them. */
-int mmapipc_wait(struct mmapipc_channel *ch);
+/* Wait up to timeout ns until a load would return a new record: 1, or
+ * MMAPIPC_ETIMEDOUT, or MMAPIPC_EINTR when a signal cut a sleep short. */
+int mmapipc_wait(mmapipc_channel *ch, int64_t timeout);
+
+int mmapipc_get_stats(mmapipc_channel *ch, struct mmapipc_stats *out);
 
 /* CDEF END */
 

@@ -1,11 +1,13 @@
 """mmapipc: exchange C structs with unrelated C processes through a MAP_SHARED file."""
 
 from mmapipc.errors import (
+    FileReplacedError,
     FileTooShortError,
     MmapipcError,
     MmapipcOSError,
     NotRegularFileError,
     SymlinkError,
+    UnsafeFileError,
     UnstableRecordError,
     WouldShrinkError,
 )
@@ -17,6 +19,7 @@ from mmapipc.record import RECORD_SIZE, Student
 __all__ = [
     "RECORD_SIZE",
     "Field",
+    "FileReplacedError",
     "FileTooShortError",
     "Layout",
     "LayoutCheckError",
@@ -28,6 +31,7 @@ __all__ = [
     "Reader",
     "Student",
     "SymlinkError",
+    "UnsafeFileError",
     "UnstableRecordError",
     "WouldShrinkError",
     "Writer",

@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from mmapipc import loops
-from mmapipc.mapping import Reader
+from mmapipc import __version__, loops
+from mmapipc.errors import not_regular
+from mmapipc.mapping import IDLE_GAP, MAX_GAP, Reader
 from mmapipc.record import OFFSETS, PADDING, RECORD_SIZE, Student
 
 if TYPE_CHECKING:
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 
 PROG = "mmapipc"
 EXIT_USAGE = 2
+MAX_HEADER_BYTES = 256 << 20  # room for an object file with debug information too
 
 
 class _Terminated(Exception):
@@ -29,11 +32,31 @@ class _Terminated(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors."""
+    """argparse with one-line errors, named after the command that has them."""
 
     def error(self, message: str) -> NoReturn:
         _say(f"{self.prog}: {message} (see {self.prog} --help)")
         sys.exit(EXIT_USAGE)
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        """As argparse's, but an unknown option is reported by its command's parser."""
+        parsed, rest = self.parse_known_args(args, namespace)
+        commands = self._commands
+        name = getattr(parsed, "command", None)
+        if rest:
+            commands.get(name or "", self).error(f"unrecognized arguments: {' '.join(rest)}")
+        if commands and name is None:
+            self.error("the following arguments are required: COMMAND")
+        return parsed
+
+    @property
+    def _commands(self) -> dict[str, _Parser]:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return dict(action.choices)
+        return {}
 
 
 def _seconds(text: str) -> float:
@@ -41,8 +64,9 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
+    if not 0 <= value <= loops.MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds from 0 to {loops.MAX_SECONDS:.0f} (a year): {text!r}")
     return value
 
 
@@ -63,21 +87,28 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
 
 
+_READ_FILE = "the shared file, written by mmap_w or mmapipc write"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Exchange C structs with C programs through a MAP_SHARED file.",
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
+    sub.required = False  # checked after unknown options, which are named first
 
     w = sub.add_parser("write", help="write a record every interval, as mmap_w does")
-    w.add_argument("file")
-    w.add_argument("--id", type=_int, default=None, help="first id (default 10)")
-    w.add_argument("--name", default=None, help="name (default xiaoming)")
-    w.add_argument("--sex", default=None, help="one byte (default m)")
-    w.add_argument("--interval", type=_seconds, default=1.0, help="seconds (default 1)")
-    w.add_argument("--count", type=_count, default=None, help="records (default: forever)")
+    w.add_argument("file", metavar="FILE",
+                   help="the shared file (created with mode 0664 if missing)")
+    w.add_argument("--id", type=_int, metavar="N", default=None, help="first id (default 10)")
+    w.add_argument("--name", metavar="S", default=None, help="name (default xiaoming)")
+    w.add_argument("--sex", metavar="C", default=None, help="one byte (default m)")
+    w.add_argument("--interval", type=_seconds, metavar="SEC", default=1.0,
+                   help="seconds (default 1)")
+    w.add_argument("--count", type=_count, metavar="N", default=None,
+                   help="records (default: forever)")
     w.add_argument("--force", action="store_true", help="shrink a longer existing file")
     w.add_argument("--follow-symlinks", action="store_true", help="open through a symlink")
     w.add_argument("--sync", action="store_true", help="msync after every record")
@@ -90,38 +121,48 @@ def build_parser() -> argparse.ArgumentParser:
                         " (wrapping at its C range)")
 
     r = sub.add_parser("read", help="print the record every interval, as mmap_r does")
-    r.add_argument("file")
-    r.add_argument("--interval", type=_seconds, default=2.0, help="seconds (default 2)")
-    r.add_argument("--count", type=_count, default=None, help="lines (default: forever)")
+    r.add_argument("file", metavar="FILE", help=_READ_FILE)
+    r.add_argument("--interval", type=_seconds, metavar="SEC", default=2.0,
+                   help="seconds (default 2)")
+    r.add_argument("--count", type=_count, metavar="N", default=None,
+                   help="lines (default: forever)")
     _output_options(r)
     r.add_argument("--wait", action="store_true", help="wait for the file to hold a record")
     _struct_options(r)
 
     wa = sub.add_parser("watch", help="print the record, then every change once")
-    wa.add_argument("file")
-    wa.add_argument("--count", type=_count, default=None, help="stop after N lines")
-    wa.add_argument("--timeout", type=_seconds, default=None,
+    wa.add_argument("file", metavar="FILE", help=_READ_FILE)
+    wa.add_argument("--count", type=_count, metavar="N", default=None, help="stop after N lines")
+    wa.add_argument("--timeout", type=_seconds, metavar="SEC", default=None,
                     help="stop after SEC seconds without a change")
     _output_options(wa)
     wa.add_argument("--wait", action="store_true", help="wait for the file to hold a record")
     wa.add_argument("--busy", action="store_true", help="spin on a core for the lowest latency")
+    wa.add_argument("--max-gap", type=_seconds, metavar="SEC", default=MAX_GAP,
+                    help="while the writer is active, look at least every SEC seconds, so that"
+                         f" every change that stays that long is seen (default {MAX_GAP:g})")
+    wa.add_argument("--idle-gap", type=_seconds, metavar="SEC", default=IDLE_GAP,
+                    help="after a silence, look every SEC seconds (default"
+                         f" {IDLE_GAP:g})")
     _struct_options(wa)
 
     d = sub.add_parser("dump", help="print the record once, decoded and in hex")
-    d.add_argument("file")
+    d.add_argument("file", metavar="FILE", help="the shared file")
     _struct_options(d)
 
     la = sub.add_parser("layout", help="print how the C compiler lays out a struct")
-    la.add_argument("header", help="C header (or any file) declaring the struct")
-    la.add_argument("struct", help="the struct: 'struct name', its tag, or a typedef name")
+    la.add_argument("header", metavar="HEADER",
+                    help="C header (or any file) declaring the struct")
+    la.add_argument("struct", metavar="STRUCT",
+                    help="the struct: 'struct name', its tag, or a typedef name")
     la.add_argument("--check", action="store_true",
                     help="compile a probe with the C compiler and compare every offset")
-    la.add_argument("--cc", default=None,
+    la.add_argument("--cc", metavar="CC", default=None,
                     help="C compiler command for --check (default: $CC, cc, gcc or clang)")
 
     de = sub.add_parser("demo", help="show writers and readers talking, C and Python")
-    de.add_argument("--seconds", type=_seconds, default=4.0,
-                    help="how long each pairing runs (default 4)")
+    de.add_argument("--seconds", type=_seconds, metavar="SEC", default=4.0,
+                    help="how long the pairs run once every reader has printed (default 4)")
     _bridge_parser(sub)
     return parser
 
@@ -182,7 +223,19 @@ def _layout(args: argparse.Namespace) -> Layout | None:
         raise ValueError("--struct-file needs --struct NAME")
     from mmapipc.layout import Layout
 
+    _check_header(args.struct_file)
     return Layout.from_file(args.struct_file, args.struct)
+
+
+def _check_header(path: str) -> None:
+    """A header must be a regular file of a sane size: reading /dev/zero or a FIFO would
+    never end, or end only when memory does."""
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise not_regular(path)
+    if info.st_size > MAX_HEADER_BYTES:
+        raise ValueError(f"{path}: {info.st_size} bytes, more than the"
+                         f" {MAX_HEADER_BYTES >> 20} MiB read for a struct declaration")
 
 
 def _formatter(args: argparse.Namespace, layout: Layout | None) -> loops.Formatter:
@@ -228,7 +281,7 @@ def _cmd_read(args: argparse.Namespace) -> int:
     layout = _layout(args)
     fmt = _formatter(args, layout)
     loops.read_loop(args.file, args.interval, args.count, format=fmt, wait=args.wait,
-                    layout=layout)
+                    notify=_notify(args), layout=layout)
     return 0
 
 
@@ -236,7 +289,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     layout = _layout(args)
     fmt = _formatter(args, layout)
     loops.watch_loop(args.file, args.count, args.timeout, format=fmt, wait=args.wait,
-                     busy=args.busy, layout=layout)
+                     notify=_notify(args), busy=args.busy, layout=layout,
+                     max_gap=args.max_gap, idle_gap=args.idle_gap)
     return 0
 
 
@@ -281,12 +335,16 @@ def _cmd_dump(args: argparse.Namespace) -> int:
 
 def _cmd_layout(args: argparse.Namespace) -> int:
     from mmapipc.layout import Layout
-    from mmapipc.peers import find_compiler
+    from mmapipc.peers import CompilerError, find_compiler
 
+    _check_header(args.header)
     layout = Layout.from_file(args.header, args.struct)
     loops.emit(sys.stdout, layout.table().encode("utf-8", "surrogateescape"))
     if args.check:
-        cc = args.cc or find_compiler()
+        try:
+            cc = args.cc or find_compiler()
+        except CompilerError as e:
+            raise ValueError(str(e)) from None
         if not cc:
             raise ValueError("--check needs a C compiler (set CC, or install cc/gcc/clang)")
         report = layout.check(cc)
@@ -372,7 +430,15 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise _Terminated()
 
 
+def _notify(args: argparse.Namespace) -> Callable[[str], None]:
+    """Say a loop's note on stderr as every other message is said: 'mmapipc CMD: ...'."""
+    return lambda message: _say(f"{PROG} {args.command}: {message}")
+
+
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, IsADirectoryError) and exc.filename:
+        # As the reader says it (it opens a directory, then finds what it is).
+        return f"{exc.filename}: is a directory, not a regular file"
     if isinstance(exc, OSError) and exc.filename:
         reason = exc.strerror or str(exc)
         return f"{exc.filename}: {reason}"

@@ -42,6 +42,14 @@ class FileTooShortError(MmapipcOSError):
     """The file is shorter than one record (at open, or truncated under a mapping)."""
 
 
+class FileReplacedError(MmapipcOSError):
+    """The path no longer names the mapped file (renamed over, unlinked, or recreated)."""
+
+
+class UnsafeFileError(MmapipcOSError):
+    """The writer will not write a file that other names or users share unless forced."""
+
+
 class UnstableRecordError(MmapipcOSError):
     """The record kept changing while it was copied, longer than the read allows."""
 
@@ -70,6 +78,11 @@ def _kind(path: PathLike | None) -> str:
     return "is a special file"
 
 
+def not_regular(path: PathLike) -> NotRegularFileError:
+    """The error for a path that is not a regular file, saying what it is."""
+    return NotRegularFileError(errno.EINVAL, f"{_kind(path)}, not a regular file", path)
+
+
 def _size_words(n: int) -> str:
     return f"{n} byte" if n == 1 else f"{n} bytes"
 
@@ -81,7 +94,8 @@ def core_error(rc: int, path: PathLike | None, record_size: int, file_size: int 
             return NotRegularFileError(errno.ENXIO, "is a socket, not a regular file", path)
         return os_error(path)
     if rc == lib.MMAPIPC_ENOTREG:
-        return NotRegularFileError(errno.EINVAL, f"{_kind(path)}, not a regular file", path)
+        return not_regular(path) if path is not None else NotRegularFileError(
+            errno.EINVAL, "not a regular file", path)
     if rc == lib.MMAPIPC_ESHRINK:
         return WouldShrinkError(
             errno.EEXIST,
@@ -104,6 +118,19 @@ def core_error(rc: int, path: PathLike | None, record_size: int, file_size: int 
             errno.EFAULT,
             f"file was truncated under the {record_size}-byte mapping (now {now});"
             " the access was stopped before it could crash",
+            path,
+        )
+    if rc == lib.MMAPIPC_EREPLACED:
+        return FileReplacedError(
+            errno.ESTALE,
+            "file was replaced or removed: the path no longer names the mapped file",
+            path,
+        )
+    if rc == lib.MMAPIPC_ELINKS:
+        return UnsafeFileError(
+            errno.EMLINK,
+            "file has other hard links; writing it would change them too;"
+            " not written unless forced (force=True / --force)",
             path,
         )
     if rc == lib.MMAPIPC_EUNSTABLE:

@@ -22,6 +22,12 @@ Formatter = Callable[[Any], bytes]
 
 DEFAULT_STUDENT = Student(10, "xiaoming", "m")
 
+# The longest interval or timeout the loops take: a year is longer than any sensible wait
+# and far inside what every clock and sleep can count.
+MAX_SECONDS = 365 * 24 * 3600.0
+# How often watch_loop tries a truncated file again.
+RETRY_SECONDS = 0.05
+
 
 def next_student(s: Student) -> Student:
     """mmap_w's step: id + 1, wrapping around at the int32 limit as C's int does."""
@@ -152,34 +158,38 @@ def read_loop(
     out: Stream | None = None,
     *,
     err: Stream | None = None,
+    notify: Callable[[str], None] | None = None,
     format: Formatter = c_line,
     wait: bool = False,
     **reader_options: Any,
 ) -> int:
     """mmap_r's loop: print the record's line every interval; count times or forever.
 
-    If the file is truncated under the mapping, says so once on err and keeps trying
-    at the same interval until it is long enough again.  Returns the lines printed.
+    If the file is truncated under the mapping, says so once (a line on err, or a call
+    of notify) and keeps trying at the same interval until it is long enough again.
+    Returns the lines printed.
     """
     _check_loop_args(interval, count)
     out = sys.stdout if out is None else out
-    err = sys.stderr if err is None else err
+    say = _notifier(err, notify)
     printed = 0
     reader: Reader[Any] = Reader(path, wait=wait, **reader_options)
     with reader:
         deadline = time.monotonic()
         broken = False
+        followed = 0
         while count is None or printed < count:
             try:
                 record = reader.read()
             except FileTooShortError as e:
                 if not broken:
-                    emit(err, f"{e}; retrying every {interval:g} s\n".encode())
+                    say(f"{e}; retrying every {interval:g} s")
                     broken = True
             else:
                 if broken:
-                    emit(err, f"{path}: record is readable again\n".encode())
+                    say(f"{path}: record is readable again")
                     broken = False
+                followed = _say_if_followed(reader, followed, say)
                 emit(out, format(record))
                 printed += 1
                 if count is not None and printed >= count:
@@ -194,30 +204,92 @@ def watch_loop(
     timeout: float | None = None,
     out: Stream | None = None,
     *,
+    err: Stream | None = None,
+    notify: Callable[[str], None] | None = None,
     format: Formatter = c_line,
     wait: bool = False,
     **reader_options: Any,
 ) -> int:
     """Print the current record, then every change once; stop after count lines or after
-    timeout seconds with no change.  Returns the lines printed."""
-    if count is not None and count < 1:
-        raise ValueError(f"count must be at least 1, got {count}")
-    if timeout is not None and timeout < 0:
-        raise ValueError(f"timeout must not be negative, got {timeout}")
+    timeout seconds with no change.  Returns the lines printed.
+
+    A truncated file is handled as read_loop does: said once, then tried again (every
+    RETRY_SECONDS) until it holds a record; the first record after that is printed only
+    if it differs from the last one printed.
+    """
+    _check_count(count)
+    if timeout is not None:
+        _check_seconds("timeout", timeout)
     out = sys.stdout if out is None else out
-    printed = 0
+    say = _notifier(err, notify)
+    printed = followed = 0
+    last: Any = None
+    restarted = False
     reader: Reader[Any] = Reader(path, wait=wait, **reader_options)
     with reader:
-        for record in reader.watch(timeout):
-            emit(out, format(record))
-            printed += 1
-            if count is not None and printed >= count:
-                break
-    return printed
+        while True:
+            try:
+                for record in reader.watch(timeout):
+                    followed = _say_if_followed(reader, followed, say)
+                    if restarted and printed and record == last:
+                        restarted = False
+                        continue  # the record printed before the truncation: no change
+                    restarted = False
+                    emit(out, format(record))
+                    printed += 1
+                    last = record
+                    if count is not None and printed >= count:
+                        return printed
+                return printed
+            except FileTooShortError as e:
+                say(f"{e}; retrying every {RETRY_SECONDS:g} s")
+            if not _until_readable(reader, timeout):
+                return printed
+            say(f"{path}: record is readable again")
+            restarted = True
+
+
+def _until_readable(reader: Reader[Any], timeout: float | None) -> bool:
+    """Try a truncated file every RETRY_SECONDS until a read succeeds (True) or timeout
+    seconds have gone by (False)."""
+    end = None if timeout is None else time.monotonic() + timeout
+    while end is None or time.monotonic() < end:
+        time.sleep(RETRY_SECONDS)
+        try:
+            reader.read()
+        except FileTooShortError:
+            continue
+        return True
+    return False
+
+
+def _notifier(err: Stream | None, notify: Callable[[str], None] | None) -> Callable[[str], None]:
+    if notify is not None:
+        return notify
+    stream = sys.stderr if err is None else err
+    return lambda message: emit(stream, (message + "\n").encode("utf-8", "surrogateescape"))
+
+
+def _say_if_followed(reader: Reader[Any], followed: int, say: Callable[[str], None]) -> int:
+    """Say once that the reader followed its path to a new file."""
+    now = reader.reopened
+    if now != followed:
+        say(f"{reader.path}: file was replaced; reading the new one")
+    return now
 
 
 def _check_loop_args(interval: float, count: int | None) -> None:
-    if not interval >= 0:
-        raise ValueError(f"interval must be a number of seconds >= 0, got {interval}")
+    _check_seconds("interval", interval)
+    _check_count(count)
+
+
+def _check_seconds(name: str, value: float) -> None:
+    """A number of seconds the loops can sleep: finite, >= 0 and at most MAX_SECONDS."""
+    if not 0 <= value <= MAX_SECONDS:
+        raise ValueError(f"{name} must be a number of seconds from 0 to {MAX_SECONDS:.0f},"
+                         f" got {value}")
+
+
+def _check_count(count: int | None) -> None:
     if count is not None and count < 1:
         raise ValueError(f"count must be at least 1, got {count}")

@@ -2,14 +2,19 @@
 
 Every copy runs in the C core under a SIGBUS guard, so a truncated file raises
 FileTooShortError instead of killing the process.  A Writer keeps a sequence lock in
-the record's padding; a Reader uses it to never return a torn record.
+the record's padding; a Reader uses it to never return a torn record.  Both are safe to
+share between threads: the C channel serialises the calls that touch the mapping, and
+close() from any thread waits for the copy in progress (a wait in progress ends with
+ValueError).
 """
 
 from __future__ import annotations
 
 import errno
 import faulthandler
+import math
 import os
+import threading
 import time
 from collections.abc import Iterator
 from types import TracebackType
@@ -17,18 +22,22 @@ from typing import Any, Generic, TypeVar, cast, overload
 
 from mmapipc._ffi import ffi, lib
 from mmapipc.errors import FileTooShortError, PathLike, SymlinkError, core_error
+from mmapipc.paths import check_writable
 from mmapipc.record import STUDENT, Codec, Student
 
 T = TypeVar("T")
 
-# Defaults of the adaptive wait (seconds): spin, then sleeps doubling up to the ceiling.
-SPIN = 10e-6
-SLEEP_MIN = 20e-6
-SLEEP_MAX = 250e-6
-# How long a reader waits on a writer that is mid-store before reading by agreement.
+# The watching contract (seconds): while the record changed within IDLE_AFTER, a wait
+# looks at it at least every MAX_GAP, so every change that stays that long is seen;
+# after a longer silence it looks every IDLE_GAP.
+MAX_GAP = 1e-3
+IDLE_GAP = 10e-3
+IDLE_AFTER = 0.2
+# How long a reader waits on a writer whose sequence stays odd without moving before it
+# reads by agreement (a writer that died mid-store).
 STUCK_WAIT = 0.25
-# How often a writer, and a reader whose record changed through the lock, check that the
-# file was not truncated under them (a stat each time).
+# How often a writer and a reader ask the file itself whether it was truncated, and the
+# path whether it still names the file (an fstat and a stat).
 SIZE_CHECK = 0.01
 # How long a reader tries for a stable copy before giving up.
 UNSTABLE_WAIT = 1.0
@@ -36,103 +45,144 @@ UNSTABLE_WAIT = 1.0
 OPEN_POLL = 0.01
 # The longest a wait stays in C before Python can run signal handlers.
 WAIT_SLICE = 0.05
+# The longest any duration argument may be (a year): beyond, a typo.
+LONGEST = 365 * 86400.0
+
 _WAIT_SLICE_NS = int(WAIT_SLICE * 1e9)
 _ETIMEDOUT = lib.MMAPIPC_ETIMEDOUT
 _EINTR = lib.MMAPIPC_EINTR
-
-# Generation counters: [changes to faulthandler, the change our handler was installed at].
-_guard_gen = [0, -1]
 
 
 def install_fault_guard() -> None:
     """Put mmapipc's SIGBUS handler first in the chain (the previous one is chained to).
 
-    Called on every open and whenever faulthandler.enable()/disable() ran since the last
-    install: enable() puts faulthandler in front of us (it would report a guarded fault as
-    fatal) and disable() restores a chain without us.  Call it yourself after installing
-    another SIGBUS handler while mappings are open.
+    Called on every open, and by faulthandler.enable()/disable() (wrapped at import so
+    that no guarded copy can fault while the chain changes).  Call it yourself after
+    installing another SIGBUS handler while mappings are open.
     """
     if lib.mmapipc_guard_install() != 0:
         raise core_error(lib.MMAPIPC_EOS, None, 0)
-    _guard_gen[1] = _guard_gen[0]
 
 
-def _watch_faulthandler() -> None:
-    """Count calls to faulthandler.enable/disable, so the next operation reinstalls."""
+_installed = threading.Event()
+
+
+def _guard_faulthandler() -> None:
+    """Wrap faulthandler.enable/disable: hold guarded copies while the SIGBUS chain
+    changes, then put our handler back in front (once one was installed)."""
     for name in ("enable", "disable"):
         original = getattr(faulthandler, name)
-        if getattr(original, "_mmapipc_counted", False):
+        if getattr(original, "_mmapipc_guarded", False):
             continue
 
-        def counted(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+        def guarded(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            if not _installed.is_set():
+                return _original(*args, **kwargs)
+            lib.mmapipc_guard_pause()
             try:
                 return _original(*args, **kwargs)
             finally:
-                _guard_gen[0] += 1
+                lib.mmapipc_guard_resume()
 
-        counted.__name__ = original.__name__
-        counted.__qualname__ = original.__qualname__
-        counted.__doc__ = original.__doc__
-        counted._mmapipc_counted = True  # type: ignore[attr-defined]
-        setattr(faulthandler, name, counted)
-
-
-_watch_faulthandler()
+        guarded.__name__ = original.__name__
+        guarded.__qualname__ = original.__qualname__
+        guarded.__doc__ = original.__doc__
+        guarded._mmapipc_guarded = True  # type: ignore[attr-defined]
+        setattr(faulthandler, name, guarded)
 
 
-def _ns(seconds: float | None) -> int:
-    return -1 if seconds is None else max(0, int(seconds * 1e9))
+_guard_faulthandler()
+
+
+def seconds(value: float | None, what: str, *, none_ok: bool = True) -> float | None:
+    """A duration argument checked: a finite number >= 0 and at most LONGEST (inf means
+    none where none is allowed); ValueError with one line otherwise."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
+    if math.isinf(value) and value > 0 and none_ok:
+        return None
+    if not 0 <= value <= LONGEST:
+        raise ValueError(f"{what} must be a number of seconds from 0 to {LONGEST:g},"
+                         f" got {value!r}")
+    return float(value)
+
+
+def _ns(value: float) -> int:
+    return int(value * 1e9)
+
+
+def _check_lock_offsets(codec: Codec[Any]) -> tuple[int, int]:
+    """The codec's (marker, seq) offsets, or (-1, -1); ValueError if they cannot hold the
+    lock: out of the record, the sequence not 2-aligned, overlapping, or outside padding."""
+    if not codec.lock_offsets:
+        return -1, -1
+    marker, seq = codec.lock_offsets
+    size = codec.size
+    bad = (not 0 <= marker < size or not 0 <= seq <= size - 2 or seq % 2
+           or marker in (seq, seq + 1))
+    padding = getattr(codec, "padding", None)
+    if not bad and padding is not None:
+        holes = {i for off, n in padding for i in range(off, off + n)}
+        bad = not {marker, seq, seq + 1} <= holes
+    if bad:
+        raise ValueError(f"lock offsets (marker {marker}, sequence {seq}) do not fit in the"
+                         f" padding of a {size}-byte record")
+    return marker, seq
 
 
 class _Mapping(Generic[T]):
-    """What Writer and Reader share: the C channel, its buffers and closing."""
+    """What Writer and Reader share: the C channel and closing."""
 
     _kind = "mapping"
 
-    def __init__(self, path: PathLike, codec: Codec[T]) -> None:
+    def __init__(self, path: PathLike, codec: Codec[T], *, lock: bool = True) -> None:
         if isinstance(path, bytes):
             raise TypeError("path must be str or os.PathLike[str], not bytes")
         self.path: str = os.fspath(path)
         if not self.path:
-            raise FileNotFoundError(2, "empty path", self.path)
+            raise FileNotFoundError(errno.ENOENT, "empty path", self.path)
         if "\0" in self.path:
             raise ValueError(f"path contains a NUL byte: {self.path!r}")
         self.codec = codec
-        size = codec.size
-        ch = ffi.new("struct mmapipc_channel *")
-        ch.size = size
-        marker, seq = codec.lock_offsets if codec.lock_offsets else (-1, -1)
-        ch.marker_off = marker
-        ch.seq_off = seq
-        self._bufs = ffi.new("unsigned char[]", 4 * size)
-        ch.src = self._bufs
-        ch.copy = self._bufs + size
-        ch.scratch = self._bufs + 2 * size
-        ch.stuck_ns = _ns(STUCK_WAIT)
-        ch.size_check_ns = _ns(SIZE_CHECK)
-        ch.unstable_ns = _ns(UNSTABLE_WAIT)
-        self._ch = ch
+        self._size = codec.size
+        marker, seq = _check_lock_offsets(codec) if lock else (-1, -1)
+        ch = lib.mmapipc_new(self._size, marker, seq)
+        if ch == ffi.NULL:
+            raise ValueError(f"cannot map a {self._size}-byte record: {os.strerror(ffi.errno)}")
+        self._ch = ffi.gc(ch, lib.mmapipc_free)
+        lib.mmapipc_set_limits(self._ch, _ns(STUCK_WAIT), _ns(UNSTABLE_WAIT), _ns(SIZE_CHECK))
+        self._closed = False
 
     def _open(self, flags: int) -> None:
         install_fault_guard()
-        self._cpath = ffi.new("char[]", os.fsencode(self.path))  # the C side keeps it
-        rc = lib.mmapipc_open(self._ch, self._cpath, flags)
+        _installed.set()
+        # The path as it names the file now: a later chdir must not change what it names.
+        rc = lib.mmapipc_open(self._ch, os.fsencode(os.path.abspath(self.path)), flags)
         if rc != 0:
             raise self._error(rc)
 
     def _error(self, rc: int) -> Exception:
-        if self._ch.map == ffi.NULL and rc == lib.MMAPIPC_EOS and ffi.errno == errno.EBADF:
+        if rc == lib.MMAPIPC_EOS and ffi.errno == errno.EBADF and self._closed:
             return ValueError(f"I/O operation on a closed {self._kind}")
-        return core_error(rc, self.path, self.codec.size, self._ch.file_size)
+        return core_error(rc, self.path, self._size, self._stats().file_size)
+
+    def _stats(self) -> Any:
+        st = ffi.new("struct mmapipc_stats *")
+        lib.mmapipc_get_stats(self._ch, st)
+        return st
 
     @property
     def closed(self) -> bool:
-        return bool(self._ch.map == ffi.NULL)
+        return self._closed
 
     def close(self) -> None:
-        """Unmap the record; calling it again does nothing."""
+        """Unmap the record; calling it again does nothing.  Safe from any thread: a copy
+        in progress finishes first, a wait in progress ends with ValueError."""
+        self._closed = True
         if lib.mmapipc_close(self._ch) != 0:
-            raise core_error(lib.MMAPIPC_EOS, self.path, self.codec.size)
+            raise core_error(lib.MMAPIPC_EOS, self.path, self._size)
 
     def __enter__(self: Any) -> Any:
         return self
@@ -145,11 +195,6 @@ class _Mapping(Generic[T]):
     ) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        ch = getattr(self, "_ch", None)
-        if ch is not None:
-            lib.mmapipc_close(ch)
-
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<{type(self).__name__} {self.path!r} {state}>"
@@ -158,8 +203,11 @@ class _Mapping(Generic[T]):
 class Writer(_Mapping[T]):
     """Maps path for writing as mmap_w does (created 0664 & ~umask, sized to one record).
 
-    Refuses to shrink a longer file unless force, and to open a symlink unless
-    follow_symlinks.  seqlock=False stores plain whole records with zero padding.
+    Refuses to shrink a longer file, to write a file with other hard links or someone
+    else's file in a sticky world-writable directory unless force; to open a symlink as the
+    last component unless follow_symlinks, and, at any component, one planted in a sticky
+    world-writable directory by another user.  seqlock=False stores plain whole records.
+    notify (with the seq lock) wakes the Readers waiting on the record after each store.
     """
 
     _kind = "Writer"
@@ -172,6 +220,7 @@ class Writer(_Mapping[T]):
         force: bool = ...,
         follow_symlinks: bool = ...,
         seqlock: bool = ...,
+        notify: bool = ...,
         layout: None = ...,
     ) -> None: ...
 
@@ -183,6 +232,7 @@ class Writer(_Mapping[T]):
         force: bool = ...,
         follow_symlinks: bool = ...,
         seqlock: bool = ...,
+        notify: bool = ...,
         layout: Codec[T],
     ) -> None: ...
 
@@ -193,19 +243,20 @@ class Writer(_Mapping[T]):
         force: bool = False,
         follow_symlinks: bool = False,
         seqlock: bool = True,
+        notify: bool = True,
         layout: Codec[Any] | None = None,
     ) -> None:
-        super().__init__(path, cast(Codec[T], layout or STUDENT))
-        self._ch.seqlock = 1 if seqlock else 0
-        self._src = ffi.buffer(self._ch.src, self.codec.size)
+        super().__init__(path, cast(Codec[T], layout or STUDENT), lock=seqlock)
         self._encode = self.codec.encode
-        self._plain: type | None = Student if layout is None else None
         self._store = lib.mmapipc_store
         flags = lib.MMAPIPC_WRITE
         if follow_symlinks:
             flags |= lib.MMAPIPC_FOLLOW_SYMLINKS
         if force:
             flags |= lib.MMAPIPC_FORCE
+        if notify:
+            flags |= lib.MMAPIPC_NOTIFY
+        check_writable(self.path, force=force)
         try:
             self._open(flags)
         except OSError as e:
@@ -219,33 +270,27 @@ class Writer(_Mapping[T]):
 
     def write(self, record: T) -> None:
         """Store the whole record in one guarded copy (under the seq lock)."""
-        if _guard_gen[0] != _guard_gen[1]:
-            install_fault_guard()
-        if type(record) is self._plain:  # a Student to its codec: no call to encode
-            self._src[:] = record._v[5]  # type: ignore[attr-defined]
-        else:
-            self._src[:] = self._encode(record)
-        rc = self._store(self._ch)
+        data = self._encode(record)
+        if len(data) != self._size:
+            raise ValueError(f"a record is {self._size} bytes, got {len(data)}")
+        rc = self._store(self._ch, data)
         if rc:
             raise self._error(rc)
 
     def write_bytes(self, data: bytes) -> None:
         """Store raw record bytes (exactly the record size)."""
-        if len(data) != self.codec.size:
-            raise ValueError(f"a record is {self.codec.size} bytes, got {len(data)}")
-        if _guard_gen[0] != _guard_gen[1]:
-            install_fault_guard()
-        self._src[:] = data
-        rc = self._store(self._ch)
+        data = bytes(data)
+        if len(data) != self._size:
+            raise ValueError(f"a record is {self._size} bytes, got {len(data)}")
+        rc = self._store(self._ch, data)
         if rc != 0:
             raise self._error(rc)
 
     def flush(self) -> None:
         """msync the record, so it survives a machine crash."""
-        if self.closed:
-            raise ValueError("I/O operation on a closed Writer")
-        if lib.mmapipc_sync(self._ch) != 0:
-            raise core_error(lib.MMAPIPC_EOS, self.path, self.codec.size)
+        rc = lib.mmapipc_sync(self._ch)
+        if rc != 0:
+            raise self._error(rc)
 
     def __enter__(self) -> Writer[T]:
         return self
@@ -255,11 +300,12 @@ class Reader(_Mapping[T]):
     """Maps path read-only as mmap_r does; read() never returns a torn record from a Writer.
 
     wait=True waits (up to wait_timeout seconds) for the file to exist and hold a record.
-    spin, sleep_min and sleep_max (seconds) tune wait_for_change: spin after each change,
-    then sleeps doubling from sleep_min up to sleep_max.  predict naps through the period
-    of a writer that changes the record regularly (20 ms at a time), then polls, never
-    further apart than sleep_max, until the change is overdue.  busy spins instead of
-    sleeping, for those who give a core to latency.
+    The waits (wait_for_change, watch) look at the record at least every max_gap seconds
+    while it changed within the last idle_after seconds, so that every change that stays
+    that long is seen, and every idle_gap seconds after a longer silence.  predict looks
+    more closely when a regular writer is due; busy spins on a core instead of sleeping.
+    follow reopens the path when it names a new file (as tail -F does); follow=False
+    raises FileReplacedError instead.
     """
 
     _kind = "Reader"
@@ -272,11 +318,12 @@ class Reader(_Mapping[T]):
         wait: bool = ...,
         wait_timeout: float | None = ...,
         layout: None = ...,
-        spin: float = ...,
-        sleep_min: float = ...,
-        sleep_max: float = ...,
+        max_gap: float = ...,
+        idle_gap: float = ...,
+        idle_after: float = ...,
         busy: bool = ...,
         predict: bool = ...,
+        follow: bool = ...,
     ) -> None: ...
 
     @overload
@@ -287,11 +334,12 @@ class Reader(_Mapping[T]):
         wait: bool = ...,
         wait_timeout: float | None = ...,
         layout: Codec[T],
-        spin: float = ...,
-        sleep_min: float = ...,
-        sleep_max: float = ...,
+        max_gap: float = ...,
+        idle_gap: float = ...,
+        idle_after: float = ...,
         busy: bool = ...,
         predict: bool = ...,
+        follow: bool = ...,
     ) -> None: ...
 
     def __init__(
@@ -301,38 +349,42 @@ class Reader(_Mapping[T]):
         wait: bool = False,
         wait_timeout: float | None = None,
         layout: Codec[Any] | None = None,
-        spin: float = SPIN,
-        sleep_min: float = SLEEP_MIN,
-        sleep_max: float = SLEEP_MAX,
+        max_gap: float = MAX_GAP,
+        idle_gap: float = IDLE_GAP,
+        idle_after: float = IDLE_AFTER,
         busy: bool = False,
         predict: bool = True,
+        follow: bool = True,
     ) -> None:
         super().__init__(path, cast(Codec[T], layout or STUDENT))
-        if not 0 <= sleep_min <= sleep_max or spin < 0:
-            raise ValueError("need 0 <= sleep_min <= sleep_max and spin >= 0")
-        ch = self._ch
-        ch.spin_ns = _ns(spin)
-        ch.sleep_min_ns = max(1000, _ns(sleep_min))
-        ch.sleep_max_ns = max(ch.sleep_min_ns, _ns(sleep_max))
-        ch.busy = 1 if busy else 0
-        ch.predict = 1 if predict else 0
-        self._copy = ffi.buffer(ch.copy, self.codec.size)
-        self._scratch = ffi.buffer(ch.scratch, self.codec.size)
+        gaps = [cast(float, seconds(v, name, none_ok=False)) for v, name in (
+            (max_gap, "max_gap"), (idle_gap, "idle_gap"), (idle_after, "idle_after"))]
+        if not 0 < gaps[0] <= gaps[1]:
+            raise ValueError(f"max_gap must be more than 0 and at most idle_gap, got max_gap"
+                             f" {gaps[0]:g} s and idle_gap {gaps[1]:g} s")
+        params = ffi.new("struct mmapipc_wait_params *", {
+            "max_gap": _ns(gaps[0]), "idle_gap": _ns(gaps[1]), "idle_after": _ns(gaps[2]),
+            "predict": bool(predict), "busy": bool(busy)})
+        lib.mmapipc_set_wait(self._ch, params)
+        wait_timeout = seconds(wait_timeout, "wait_timeout")
+        self._out = ffi.new("char[]", self._size)
+        self._outbuf = ffi.buffer(self._out)
         self._decode = self.codec.decode
         self._load = lib.mmapipc_load
-        self._poll = lib.mmapipc_poll
+        self._lock = threading.Lock()
+        flags = lib.MMAPIPC_FOLLOW if follow else 0
         if wait:
-            self._open_when_ready(wait_timeout)
+            self._open_when_ready(wait_timeout, flags)
         else:
-            self._open(0)
+            self._open(flags)
         self._last: T
         self.read()  # the record at open: what wait_for_change compares against
 
-    def _open_when_ready(self, timeout: float | None) -> None:
+    def _open_when_ready(self, timeout: float | None, flags: int) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
-                self._open(0)
+                self._open(flags)
                 return
             except (FileNotFoundError, FileTooShortError):
                 if deadline is not None and time.monotonic() >= deadline:
@@ -344,25 +396,19 @@ class Reader(_Mapping[T]):
 
         An unchanged record comes back as the same object, without decoding again.
         """
-        if _guard_gen[0] != _guard_gen[1]:
-            install_fault_guard()
-        rc = self._load(self._ch)
-        if rc == 0:
-            return self._last
-        if rc == 1:
-            self._last = last = self._decode(self._copy[:])
-            return last
+        with self._lock:
+            rc = self._load(self._ch, self._out)
+            if rc == 0:
+                return self._last
+            if rc == 1:
+                self._last = last = self._decode(self._outbuf[:])
+                return last
         raise self._error(rc)
 
     def changed(self) -> bool:
-        """Whether read() might return a new record: one C call, nothing decoded.
-
-        True when a writer stored since the last record returned (through the seq lock,
-        even if it stored the same fields again) or when the mapped fields differ.
-        """
-        if _guard_gen[0] != _guard_gen[1]:
-            install_fault_guard()
-        rc: int = self._poll(self._ch)
+        """Whether read() would return a new record: its fields in the file differ from
+        the last record returned.  One C call, nothing decoded."""
+        rc: int = lib.mmapipc_poll(self._ch)
         if rc < 0:
             raise self._error(rc)
         return rc > 0
@@ -373,45 +419,47 @@ class Reader(_Mapping[T]):
 
     def raw_bytes(self) -> bytes:
         """One guarded copy of the mapped bytes as they are, padding included."""
-        if _guard_gen[0] != _guard_gen[1]:
-            install_fault_guard()
-        rc = lib.mmapipc_load_raw(self._ch)
+        out = ffi.new("char[]", self._size)
+        rc = lib.mmapipc_load_raw(self._ch, out)
         if rc != 0:
             raise self._error(rc)
-        return bytes(self._scratch[:])
+        return cast(bytes, ffi.buffer(out)[:])
 
     def read_bytes(self) -> bytes:
         """The current record's bytes, as read() sees them (lock bytes zeroed)."""
-        self.read()
-        return bytes(self._copy[:])
+        with self._lock:
+            rc = self._load(self._ch, self._out)
+            if rc == 1:
+                self._last = self._decode(self._outbuf[:])
+            elif rc != 0:
+                raise self._error(rc)
+            return cast(bytes, self._outbuf[:])
 
     def wait_for_change(self, timeout: float | None = None) -> T:
-        """Wait for the next record that differs from the last one returned.
+        """Wait for the next record that differs from the last one returned (to any thread).
 
         The wait runs in C without the GIL, in slices of WAIT_SLICE seconds so that
-        signal handlers (Ctrl-C) run between them.  Raises TimeoutError after timeout.
+        signal handlers (Ctrl-C) run between them.  Raises TimeoutError after timeout
+        (None or inf: no limit), ValueError if the Reader is closed meanwhile.
         """
-        if _guard_gen[0] != _guard_gen[1]:
-            install_fault_guard()
-        ch = self._ch
-        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-        ch.resume = 0
+        limit = seconds(timeout, "timeout")
+        deadline = None if limit is None else time.monotonic() + limit
+        before = self._last
+        wait = lib.mmapipc_wait
         while True:
-            if deadline is None:
-                ch.timeout_ns = _WAIT_SLICE_NS
-            else:
-                left = deadline - time.monotonic()
-                ch.timeout_ns = max(0, min(_WAIT_SLICE_NS, int(left * 1e9)))
-            rc = lib.mmapipc_wait(ch)
+            left = _WAIT_SLICE_NS
+            if deadline is not None:
+                left = max(0, min(left, int((deadline - time.monotonic()) * 1e9)))
+            rc = wait(self._ch, left)
             if rc == 1:
-                self._last = last = self._decode(self._copy[:])
-                return last
-            if rc == _ETIMEDOUT:
+                record = self.read()
+                if record is not before:
+                    return record
+            elif rc == _ETIMEDOUT:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise self._error(rc)
             elif rc != _EINTR:
                 raise self._error(rc)
-            ch.resume = 1  # carry on where the slice stopped: no new spin
 
     def watch(self, timeout: float | None = None) -> Iterator[T]:
         """Yield the current record, then each change once; stop after timeout idle seconds."""
@@ -423,12 +471,18 @@ class Reader(_Mapping[T]):
                 return
 
     @property
+    def reopened(self) -> int:
+        """How many times the Reader followed its path to a new file."""
+        return int(self._stats().reopened)
+
+    @property
     def stats(self) -> dict[str, int]:
-        """How many copies the seq lock accepted, and how many agreement did."""
-        return {
-            "seqlock_reads": int(self._ch.seqlock_reads),
-            "fallback_reads": int(self._ch.fallback_reads),
-        }
+        """Copies accepted through the seq lock and by agreement; looks while waiting, how
+        many of them came later than the bound in force (late wake-ups); files followed;
+        sleeps on a notifying writer's futex."""
+        st = self._stats()
+        return {name: int(getattr(st, name)) for name in (
+            "seqlock_reads", "fallback_reads", "polls", "late_polls", "reopened", "sleeps")}
 
     def __enter__(self) -> Reader[T]:
         return self

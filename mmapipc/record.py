@@ -218,6 +218,7 @@ class StudentCodec:
 
     size = RECORD_SIZE
     lock_offsets: tuple[int, int] | None = (PADDING[0], PADDING[0] + 1)
+    padding = (PADDING,)
     name = "struct STU"
 
     def encode(self, record: Student) -> bytes:

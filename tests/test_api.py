@@ -19,7 +19,7 @@ from mmapipc.loops import json_line, next_student
 
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
-MARKER = 0xA5
+MARKER = 0xA6  # a sequence lock, and a writer that wakes its waiters
 
 
 def file_bytes(path: Path) -> bytes:

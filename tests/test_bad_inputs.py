@@ -483,13 +483,18 @@ def _fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def test_no_descriptor_kept_open(tmp_path: Path) -> None:
-    """The file is closed once mapped: open mappings hold no descriptor."""
+def test_one_descriptor_per_mapping_closed_with_it(tmp_path: Path) -> None:
+    """Each open mapping keeps one close-on-exec descriptor (to ask the file itself whether
+    it was truncated), and close() closes it."""
     before = _fd_count()
     path = tmp_path / "f"
     writers = [Writer(path) for _ in range(3)]
     readers = [Reader(path) for _ in range(3)]
-    assert _fd_count() == before
+    assert _fd_count() == before + 6
+    fds = [int(fd) for fd in os.listdir("/proc/self/fd")
+           if os.path.realpath(f"/proc/self/fd/{fd}") == str(path)]
+    assert len(fds) == 6
+    assert all(os.get_inheritable(fd) is False for fd in fds)
     writers[0].write(WRITTEN)
     assert all(r.read() == WRITTEN for r in readers)
     for m in [*writers, *readers]:

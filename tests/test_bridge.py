@@ -248,8 +248,9 @@ def test_c_writer_to_c_reader_across_the_bridge(
                     *cli_args(zconf, p_sub))
     procs.append(sub)
     wait_until(lambda: b.exists() and b.stat().st_size == 28, what="B created")
-    with Writer(a) as w:
-        w.write(Student(0, "ready", "m"))
+    # The first record, by mmap_w too (a notifying Writer handing over to a legacy one
+    # is a case of its own): id 0, "ready".
+    subprocess.run([peers["mmap_w"], a, "1", "0", "ready", "0"], check=True)
     pub = start_cli("bridge", "publish", a, "--key", "e2e/stu",
                     *cli_args(zconf, p_pub, p_sub))
     procs.append(pub)
@@ -472,6 +473,10 @@ def test_publisher_killed_and_restarted(tmp_path: Path, zconf: Path,
 
 def test_truncated_and_replaced_files_recover(tmp_path: Path, running: list[Running]) -> None:
     events: list[bridge.Event] = []
+
+    def breaks(name: str) -> list[bridge.Event]:
+        return [e for e in events if e.kind in ("broken", "replaced") and name in e.message]
+
     a, b, sub, pub = pair(tmp_path, running, events=events)
     with Writer(a) as w:
         w.write(Student(1, "one", "m"))
@@ -490,7 +495,7 @@ def test_truncated_and_replaced_files_recover(tmp_path: Path, running: list[Runn
     other = tmp_path / "other.bin"
     other.write_bytes(bytes(28))
     os.replace(other, b)
-    wait_until(lambda: any(e.kind == "replaced" for e in events), what="replaced B noticed")
+    wait_until(lambda: breaks("b.bin"), what="replaced B noticed")
     with Writer(a) as w:
         w.write(Student(4, "four", "m"))
         wait_until(lambda: record_of(b) == Student(4, "four", "m"), what="new B written")
@@ -500,10 +505,10 @@ def test_truncated_and_replaced_files_recover(tmp_path: Path, running: list[Runn
     pub_stats, sub_stats = pub.stop(), sub.stop()
     assert sub_stats.gaps == 0 and sub_stats.publishers == 1
     assert pub_stats.reopened >= 2 and sub_stats.reopened >= 2
-    kinds = [e.kind for e in events]
-    # Reported once per breakage, not once per attempt.
-    assert kinds.count("broken") <= 3 and kinds.count("replaced") == 1, events
-    assert kinds.count("recovered") >= 2, events
+    # Reported once per breakage (by whichever notices first: the periodic check of the
+    # path, or the Writer or Reader refusing a replaced file), not once per attempt.
+    assert len(breaks("a.bin")) == 2 and len(breaks("b.bin")) == 2, events
+    assert [e.kind for e in events].count("recovered") >= 4, events
 
 
 def test_late_subscriber_gets_the_current_record(tmp_path: Path,

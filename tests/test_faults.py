@@ -183,7 +183,7 @@ def test_truncated_while_reader_waits_in_another_thread(shared: Path) -> None:
     """The guard is per thread: a reader blocked in wait_for_change in a thread gets the error."""
     with Writer(shared) as w:
         w.write(numbered(1))
-    r = Reader(shared, sleep_max=0.001)
+    r = Reader(shared, max_gap=0.001)
     r.read()
     errors: list[BaseException] = []
 
@@ -313,7 +313,7 @@ def test_kill_9_the_cli_writer(shared: Path, procs: list[subprocess.Popen[bytes]
     assert reader.read() == Student(9049, "again", "m")
     assert read_in_child(shared)[0] == Student(9049, "again", "m")
     marker, seq = _seq(shared)
-    assert marker == 0xA5 and seq % 2 == 0
+    assert marker == 0xA6 and seq % 2 == 0
     reader.close()
 
 
@@ -395,7 +395,7 @@ def test_stale_odd_sequence(seq: int, shared: Path) -> None:
     assert decode(out["after"]) == fresh and decode(out["other"]) == fresh
     raw = bytes.fromhex(out["raw"])
     new_seq = int.from_bytes(raw[26:28], sys.byteorder)
-    assert raw[25] == 0xA5 and new_seq % 2 == 0 and new_seq != seq
+    assert raw[25] == 0xA6 and new_seq % 2 == 0 and new_seq != seq
 
 
 LEGACY_WRITER = r"""

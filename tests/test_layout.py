@@ -623,7 +623,7 @@ def test_python_dicts_write_and_the_c_reader_sees_the_bytes(
     assert parse_c_output(out) == rec
     data = path.read_bytes()
     marker, _ = layout.lock_offsets or (0, 0)
-    assert data[marker] == 0xA5  # the writer's seq lock lives in padding the C reader skips
+    assert data[marker] == 0xA6  # the writer's seq lock lives in padding the C reader skips
 
 
 # ---- the seq lock, the fallback and the SIGBUS guard -------------------------------------
@@ -643,7 +643,7 @@ def test_seqlock_in_a_middle_padding_run(tmp_path: Path) -> None:
             assert reader.stats["fallback_reads"] == 0
     data = path.read_bytes()
     assert data[0] == ord("x") and struct.unpack("=i", data[4:]) == (4,)
-    assert data[1] == 0xA5  # the marker, in padding
+    assert data[1] == 0xA6  # the marker, in padding
 
 
 @pytest.mark.parametrize(("source", "padding"), [

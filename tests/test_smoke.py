@@ -17,33 +17,36 @@ def test_layout_from_the_compiler() -> None:
 
 def test_constants_filled_in_by_the_compiler() -> None:
     codes = [lib.MMAPIPC_EOS, lib.MMAPIPC_ENOTREG, lib.MMAPIPC_ESHRINK, lib.MMAPIPC_ESHORT,
-             lib.MMAPIPC_EBUS, lib.MMAPIPC_EUNSTABLE, lib.MMAPIPC_ETIMEDOUT]
+             lib.MMAPIPC_EBUS, lib.MMAPIPC_EUNSTABLE, lib.MMAPIPC_ETIMEDOUT,
+             lib.MMAPIPC_EINTR, lib.MMAPIPC_EREPLACED, lib.MMAPIPC_ELINKS]
     assert len(set(codes)) == len(codes) and all(c < 0 for c in codes)
 
 
 def test_core_round_trip(tmp_path: Path) -> None:
     """Open, store and load through the raw C API."""
-    path = ffi.new("char[]", str(tmp_path / "f").encode())
-    w = ffi.new("struct mmapipc_channel *")
-    bufs = ffi.new("unsigned char[]", 4 * RECORD_SIZE)
-    w.size, w.marker_off, w.seq_off, w.seqlock = RECORD_SIZE, 25, 26, 1
-    w.src, w.copy, w.scratch = bufs, bufs + 28, bufs + 56
+    path = str(tmp_path / "f").encode()
+    w = ffi.gc(lib.mmapipc_new(RECORD_SIZE, 25, 26), lib.mmapipc_free)
     assert lib.mmapipc_guard_install() == 0
     assert lib.mmapipc_open(w, path, lib.MMAPIPC_WRITE) == 0
     data = Student(7, "core", "x").to_bytes()
-    ffi.memmove(w.src, data, RECORD_SIZE)
-    assert lib.mmapipc_store(w) == 0
-    r = ffi.new("struct mmapipc_channel *")
-    rbufs = ffi.new("unsigned char[]", 4 * RECORD_SIZE)
-    r.size, r.marker_off, r.seq_off = RECORD_SIZE, 25, 26
-    r.copy, r.scratch = rbufs, rbufs + 28
-    r.stuck_ns, r.unstable_ns = 10**7, 10**9
+    assert lib.mmapipc_store(w, data) == 0
+    r = ffi.gc(lib.mmapipc_new(RECORD_SIZE, 25, 26), lib.mmapipc_free)
+    out = ffi.new("char[]", RECORD_SIZE)
     assert lib.mmapipc_open(r, path, 0) == 0
-    assert lib.mmapipc_load(r) == 1
-    assert bytes(ffi.buffer(r.copy, RECORD_SIZE)) == data
-    assert lib.mmapipc_load(r) == 0  # unchanged
+    assert lib.mmapipc_load(r, out) == 1
+    assert ffi.buffer(out)[:] == data
+    assert lib.mmapipc_load(r, out) == 0  # unchanged
     assert lib.mmapipc_close(r) == 0 and lib.mmapipc_close(r) == 0
+    assert lib.mmapipc_load(r, out) == lib.MMAPIPC_EOS  # closed: EBADF
     assert lib.mmapipc_close(w) == 0
+
+
+def test_core_refuses_lock_offsets_that_cannot_hold_the_lock() -> None:
+    for marker, seq in [(27, 26), (25, 27), (26, 26), (25, 24), (-1, 26), (28, 26)]:
+        assert lib.mmapipc_new(RECORD_SIZE, marker, seq) == ffi.NULL, (marker, seq)
+    ch = lib.mmapipc_new(RECORD_SIZE, -1, -1)
+    assert ch != ffi.NULL
+    lib.mmapipc_free(ch)
 
 
 class _SeqThenMarker:
@@ -52,6 +55,7 @@ class _SeqThenMarker:
 
     size: int = 32
     lock_offsets: tuple[int, int] | None = (28, 26)
+    padding = ((24, 8),)
 
     def encode(self, record: bytes) -> bytes:
         return record
@@ -71,7 +75,7 @@ def test_lock_bytes_in_either_order(tmp_path: Path) -> None:
         w.write(record)
         raw = path.read_bytes()
         assert raw[:24] == record[:24]
-        assert raw[28] == lib.MMAPIPC_SEQ_MARKER
+        assert raw[28] == lib.MMAPIPC_NOTIFY_MARKER
         seq = int.from_bytes(raw[26:28], sys.byteorder)
         assert seq % 2 == 0 and seq > 0
         assert r.read() == record

@@ -2,9 +2,9 @@
 
 Every record's fields follow from its id, so a record that is half one write and half
 another shows.  read() must return no torn record from an mmapipc Writer (seq lock).  The
-torn counts of read_raw() (one copy, as mmap_r does) and of read() against a C writer that
-memcpy's whole records (copy until two copies agree) are measured and reported, not
-asserted: they depend on the machine.  Run with -s to see them.
+torn counts of read_raw() (one copy, as mmap_r does) are reported, not asserted (run with
+-s to see them); those of read() against a C writer that memcpy's whole records (copy until
+two copies agree) are measured by benchmarks/torn.py: they depend on the machine.
 """
 
 from __future__ import annotations
@@ -99,23 +99,17 @@ int main(int argc, char **argv)
 {{
     if (argc != 2)
         return 2;
-{FILL_TABLE}    struct mmapipc_channel ch;
-    memset(&ch, 0, sizeof ch);
-    ch.size = sizeof(struct STU);
-    ch.marker_off = 25;
-    ch.seq_off = 26;
-    ch.seqlock = 1;
-    if (mmapipc_guard_install() != 0 || mmapipc_open(&ch, argv[1], MMAPIPC_WRITE) != 0)
+{FILL_TABLE}    mmapipc_channel *ch = mmapipc_new(sizeof(struct STU), 25, 26);
+    if (ch == NULL || mmapipc_guard_install() != 0 ||
+        mmapipc_open(ch, argv[1], MMAPIPC_WRITE) != 0)
         return 3;
-    ch.src = (unsigned char *)&table[0];
-    if (mmapipc_store(&ch) != 0)
+    if (mmapipc_store(ch, (const char *)&table[0]) != 0)
         return 4;
     printf("ready\n");
     fflush(stdout);
     for (;;) {{
         for (int n = 0; n < {PERIOD}; n++) {{
-            ch.src = (unsigned char *)&table[n];
-            if (mmapipc_store(&ch) != 0)
+            if (mmapipc_store(ch, (const char *)&table[n]) != 0)
                 return 5;
         }}
     }}
@@ -233,14 +227,3 @@ def test_no_torn_record_from_the_c_core_writer(tmp_path: Path, build_c: Any) -> 
     assert read["torn"] == 0, report
     assert read["unstable"] == 0, report
     assert read["seqlock_reads"] > 0, report
-
-
-def test_torn_counts_against_a_c_memcpy_writer(tmp_path: Path, build_c: Any) -> None:
-    exe = build_c("memcpy_writer", C_WRITER)
-    path = tmp_path / "stress.bin"
-    totals = _stress([str(exe), str(path)], path)
-    report = _report("C memcpy", totals)
-    read, raw = totals["read"], totals["raw"]
-    assert read["reads"] > 0 and raw["reads"] > 0, report
-    assert read["seqlock_reads"] == 0, report  # no marker: every read() was by agreement
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,9 +17,22 @@ class CompilerError(RuntimeError):
 
 
 def find_compiler() -> str | None:
-    """The system C compiler ($CC, cc, gcc or clang), or None."""
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
+    """The system C compiler: $CC if it is set, else cc, gcc or clang; None if none is found.
+
+    A $CC that is set but cannot be found raises CompilerError rather than quietly
+    giving way to another compiler.
+    """
+    chosen = os.environ.get("CC", "").strip()
+    if chosen:
+        try:
+            program = shlex.split(chosen)[0]
+        except (ValueError, IndexError):
+            raise CompilerError(f"CC={chosen}: not a command") from None
+        if shutil.which(program) is None:
+            raise CompilerError(f"CC={chosen}: {program} not found")
+        return chosen
+    for name in ("cc", "gcc", "clang"):
+        if shutil.which(name):
             return name
     return None
 
@@ -28,7 +42,7 @@ def compile_c(source: str | Path, output: str | Path, cc: str | None = None) -> 
     compiler = cc or find_compiler()
     if compiler is None:
         raise CompilerError("no C compiler found (set CC, or install cc/gcc/clang)")
-    cmd = [compiler, "-O2", "-o", os.fspath(output), os.fspath(source)]
+    cmd = [*shlex.split(compiler), "-O2", "-o", os.fspath(output), os.fspath(source)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     except OSError as e:

@@ -1,0 +1,310 @@
+"""Watching benchmarks: latency, misses and CPU of Reader.watch() against writers that cannot
+notify (plain memcpy, as mmap_w does), next to the stdlib alternative in the same run.
+
+Each case runs a C writer process (compiled here with the system compiler) that stamps
+every record's name with its CLOCK_MONOTONIC time just before storing it, and a reader
+process that notes when it has each decoded record.  Latency = seen - stored.  CPU = the
+reader's own user + system time (getrusage) over its whole watch, including the 0.3 s
+before the first change, divided by that wall time.  A record "stayed" from its store to
+the next one; one that stayed at least max_gap and was not seen is a miss.  The reader's
+late looks (a wake-up later than the bound it planned for) are counted, so that a miss the
+VM caused (a sleeper woken milliseconds late) is told apart from a miss of the design.
+
+    cd /tmp && python /path/to/benchmarks/watch.py [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import resource
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mmapipc import Reader, Student
+from mmapipc.mapping import IDLE_AFTER, IDLE_GAP, MAX_GAP
+from mmapipc.peers import find_compiler
+
+SCRIPT = Path(__file__).resolve()
+RECORD = struct.Struct("=i20sc3x")
+IDLE_END = 0.5  # the reader stops after this long without a change
+LEAD = 0.3      # the reader watches this long before the writer starts
+
+WRITER_C = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+struct STU { int id; char name[20]; char sex; };
+
+static long long now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static void at(long long t)
+{
+    struct timespec ts = {t / 1000000000LL, t % 1000000000LL};
+    clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+}
+
+/* writer PATH COUNT MODE GAP_NS [BURST_COUNT BURST_GAP_NS]
+ * MODE: abs (absolute schedule), rel (sleep GAP after each store, like mmap_w's
+ * sleep(1)), poisson (random gaps of mean GAP, absolute schedule), burst (COUNT
+ * stores GAP apart, then BURST_COUNT stores BURST_GAP apart). */
+int main(int argc, char **argv)
+{
+    if (argc < 5)
+        return 2;
+    long count = atol(argv[2]), extra = argc > 5 ? atol(argv[5]) : 0;
+    long long gap = atoll(argv[4]), burst_gap = argc > 6 ? atoll(argv[6]) : 0;
+    const char *mode = argv[3];
+    int fd = open(argv[1], O_RDWR);
+    struct STU s = {0, "", 'm'};
+    struct STU *m = mmap(NULL, sizeof s, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    long long *stamps = calloc((size_t)(count + extra), sizeof *stamps), next = now_ns();
+    unsigned long long rng = 88172645463325252ULL;
+    if (fd < 0 || m == MAP_FAILED || stamps == NULL)
+        return 3;
+    for (long i = 0; i < count + extra; i++) {
+        long long g = i >= count ? burst_gap : gap;
+        if (strcmp(mode, "poisson") == 0) {
+            rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+            g = (long long)(-log(((rng >> 11) + 1.0) / 9007199254740993.0) * (double)gap);
+        }
+        if (strcmp(mode, "rel") == 0) {
+            if (i > 0) {
+                struct timespec ts = {g / 1000000000LL, g % 1000000000LL};
+                nanosleep(&ts, NULL);
+            }
+        } else {
+            next += g;
+            at(next);
+        }
+        s.id = (int)i + 1;
+        stamps[i] = now_ns();
+        memset(s.name, 0, sizeof s.name);
+        snprintf(s.name, sizeof s.name, "%lld", stamps[i]);
+        memcpy(m, &s, sizeof s);
+    }
+    for (long i = 0; i < count + extra; i++)
+        printf("%lld\n", stamps[i]);
+    return 0;
+}
+"""
+
+
+def build_writer(tmp: Path) -> Path | None:
+    """Compile the stamping writer with the system compiler (None, said, if there is none)."""
+    cc = find_compiler()
+    src, exe = tmp / "writer.c", tmp / "writer"
+    src.write_text(WRITER_C)
+    if cc is None or subprocess.run([cc, "-O2", "-o", str(exe), str(src), "-lm"],
+                                    capture_output=True, check=False).returncode != 0:
+        print("watch benchmark skipped: no working C compiler", file=sys.stderr)
+        return None
+    return exe
+
+
+def _cpu_ns() -> int:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return int((r.ru_utime + r.ru_stime) * 1e9)
+
+
+def reader_main(cfg: dict[str, Any]) -> None:
+    """The reader process: watch until the last id, then print one JSON line."""
+    clock, mono = time.clock_gettime_ns, time.CLOCK_MONOTONIC
+    path, last_id, how = cfg["path"], int(cfg["last"]), cfg.get("how", "mmapipc")
+    seen: list[tuple[int, str, int]] = []
+    stats: dict[str, int] = {}
+    cpu0, t0 = _cpu_ns(), clock(mono)
+    if how == "stdlib":
+        fd = os.open(path, os.O_RDONLY)
+        mm = mmap.mmap(fd, RECORD.size, prot=mmap.PROT_READ)
+        os.close(fd)
+        gap, last = float(cfg["gap"]), mm[0:28]
+        print("ready", flush=True)
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < cfg.get("idle_end", IDLE_END):
+            cur = mm[0:28]
+            if cur != last:
+                last = cur
+                i, n, _ = RECORD.unpack(cur)
+                seen.append((i, n.split(b"\0", 1)[0].decode(), clock(mono)))
+                quiet_since = time.monotonic()
+                if i >= last_id:
+                    break
+            else:
+                time.sleep(gap)
+    else:
+        options = {k: cfg[k] for k in ("busy", "max_gap", "idle_gap", "idle_after") if k in cfg}
+        with Reader[Student](path, **options) as reader:
+            feed = reader.watch(cfg.get("idle_end", IDLE_END))
+            next(feed)
+            print("ready", flush=True)
+            for s in feed:
+                seen.append((s.id, s.name, clock(mono)))
+                if s.id >= last_id:
+                    break
+            stats = reader.stats
+    wall, cpu = clock(mono) - t0, _cpu_ns() - cpu0
+    print(json.dumps({"seen": seen, "wall_ns": wall, "cpu_ns": cpu, "stats": stats}), flush=True)
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def run_case(exe: Path, tmp: Path, label: str, writer: list[str], reader: dict[str, Any],
+             *, skip_first: int = 0, max_gap: float = MAX_GAP) -> dict[str, Any]:
+    """One writer process and one reader process; what the reader saw, how late, CPU."""
+    path = tmp / "watch.bin"
+    path.write_bytes(RECORD.pack(0, b"0", b"m"))
+    count = int(writer[0]) + (int(writer[3]) if len(writer) > 3 else 0)
+    cfg = {"path": str(path), "last": count, **reader}
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--reader", json.dumps(cfg)],
+                            stdout=subprocess.PIPE, text=True, cwd=tmp)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"{label}: the reader did not start")
+    time.sleep(LEAD)
+    w = subprocess.run([str(exe), str(path), *writer], capture_output=True, text=True,
+                       check=True, timeout=600)
+    out, _ = proc.communicate(timeout=120)
+    data = json.loads(out)
+    stored = [int(x) for x in w.stdout.split()]
+    seen = {i: (name, t) for i, name, t in data["seen"]}
+    lat = [(t - stored[i - 1]) / 1000 for i, (_, t) in seen.items()
+           if skip_first < i <= len(stored)]
+    stayed = [(stored[i] - stored[i - 1]) / 1e9 for i in range(1, len(stored))] + [1.0]
+    missed = [i for i in range(1, len(stored) + 1) if i not in seen]
+    missed_long = [i for i in missed if stayed[i - 1] >= max_gap]
+    return {
+        "case": label, "written": len(stored), "seen": len(seen), "missed": len(missed),
+        "missed_stayed_max_gap": len(missed_long),
+        "missed_examples_ms": [round(stayed[i - 1] * 1e3, 3) for i in missed_long[:5]],
+        "p50_us": _pct(lat, 50), "p99_us": _pct(lat, 99), "max_us": max(lat, default=0.0),
+        "cpu_percent": 100 * data["cpu_ns"] / data["wall_ns"],
+        "late_polls": data["stats"].get("late_polls", 0),
+        "polls": data["stats"].get("polls", 0), "reader": reader.get("how", "mmapipc"),
+    }
+
+
+def idle_case(seconds: float, how: str) -> dict[str, Any]:
+    """No writer at all: what waiting costs."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "idle.bin"
+        path.write_bytes(RECORD.pack(1, b"idle", b"m"))
+        cfg = {"path": str(path), "last": 1, "how": how, "gap": IDLE_GAP,
+               "idle_end": seconds}
+        proc = subprocess.run([sys.executable, str(SCRIPT), "--reader", json.dumps(cfg)],
+                              capture_output=True, text=True, check=True, timeout=seconds + 60)
+        data = json.loads(proc.stdout.splitlines()[-1])
+    return {"case": "idle: no writer", "reader": how,
+            "cpu_percent": 100 * data["cpu_ns"] / data["wall_ns"],
+            "polls": data["stats"].get("polls", 0)}
+
+
+CASES: list[tuple[str, list[str], dict[str, Any], int, dict[str, float]]] = [
+    # label, writer args (count, mode, gap ns, [burst count, burst gap]), reader, skip, targets
+    ("mmap_w-like, 1 Hz (sleep(1) after each store)", ["8", "rel", "1000000000"],
+     {"idle_end": 2.5}, 3,
+     {"p50_us": 100, "cpu_percent": 1.5}),
+    ("C writer, 1 kHz regular (absolute clock)", ["2000", "abs", "1000000"], {}, 0,
+     {"p50_us": 100, "p99_us": 1000, "cpu_percent": 5}),
+    ("C writer, 1 kHz Poisson gaps", ["2000", "poisson", "1000000"], {}, 0,
+     {"p50_us": 500, "cpu_percent": 5}),
+    ("burst: 20 stores 50 ms apart, then 6 stores 3 ms apart",
+     ["20", "abs", "50000000", "6", "3000000"], {}, 0, {}),
+    ("C writer, 1 kHz regular, busy=True", ["2000", "abs", "1000000"], {"busy": True}, 0,
+     {"p50_us": 5}),
+]
+ALTERNATIVE = {"how": "stdlib", "gap": MAX_GAP}
+
+
+def _targets(row: dict[str, Any], targets: dict[str, float]) -> str:
+    marks = []
+    if row.get("reader") == "mmapipc" and "missed_stayed_max_gap" in row:
+        ok = row["missed_stayed_max_gap"] == 0
+        marks.append(f"none missed that stayed >= max_gap: {'met' if ok else 'MISSED'}")
+    for key, limit in targets.items():
+        name = {"p50_us": "p50", "p99_us": "p99", "cpu_percent": "CPU"}[key]
+        unit = "%" if key == "cpu_percent" else " us"
+        marks.append(f"{name} <= {limit:g}{unit}: {'met' if row[key] <= limit else 'MISSED'}")
+    return "; ".join(marks)
+
+
+def markdown(rows: list[tuple[dict[str, Any], dict[str, float]]]) -> str:
+    lines = ["| case | reader | seen / stored (missed that stayed >= max_gap) | p50 (us) |"
+             " p99 (us) | max (us) | CPU (% of a core) | looks (late) | targets |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r, t in rows:
+        if "written" in r:
+            seen = f"{r['seen']}/{r['written']} ({r['missed_stayed_max_gap']})"
+            nums = f"{r['p50_us']:.1f} | {r['p99_us']:.1f} | {r['max_us']:.0f}"
+        else:
+            seen, nums = "-", "- | - | -"
+        looks = f"{r['polls']} ({r.get('late_polls', 0)})" if r.get("polls") else "-"
+        lines.append(f"| {r['case']} | {r['reader']} | {seen} | {nums} |"
+                     f" {r['cpu_percent']:.2f} | {looks} | {_targets(r, t)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="short runs, for smoke tests")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
+    parser.add_argument("--reader", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.reader is not None:
+        reader_main(json.loads(args.reader))
+        return 0
+    print(f"# Watching (max_gap {MAX_GAP * 1e3:g} ms, idle_gap {IDLE_GAP * 1e3:g} ms,"
+          f" idle_after {IDLE_AFTER * 1e3:g} ms){' quick run' if args.quick else ''}\n")
+    rows: list[tuple[dict[str, Any], dict[str, float]]] = []
+    with tempfile.TemporaryDirectory(prefix="mmapipc-watch-") as d:
+        tmp = Path(d)
+        exe = build_writer(tmp)
+        if exe is None:
+            return 0
+        idle_s = 1.0 if args.quick else 5.0
+        rows.append((idle_case(idle_s, "mmapipc"), {"cpu_percent": 0.5}))
+        rows.append((idle_case(idle_s, "stdlib"), {}))
+        for label, writer, reader, skip, targets in CASES:
+            if args.quick:
+                writer = [str(min(int(writer[0]), 200 if writer[1] != "rel" else 4)),
+                          *writer[1:]]
+            row = run_case(exe, tmp, label, writer, reader, skip_first=skip)
+            rows.append((row, targets))
+            if not reader.get("busy"):
+                alt = run_case(exe, tmp, label, writer, {**reader, **ALTERNATIVE},
+                               skip_first=skip)
+                rows.append((alt, {}))
+    print(markdown(rows))
+    print("\nstdlib = mmap + a check every max_gap with time.sleep (same contract, by hand).")
+    if args.json:
+        Path(args.json).write_text(json.dumps([r for r, _ in rows], indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Notifying writers: an mmapipc Writer wakes the Readers waiting on its record (a futex on
+the word that holds the sequence), so a waiter sleeps until a store instead of polling."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import mmapipc.mapping
+from mmapipc import Reader, Student, Writer
+from mmapipc._ffi import lib
+
+PATIENCE = 60.0
+
+
+def numbered(n: int) -> Student:
+    return Student(n, f"notified{n}", "mf"[n % 2])
+
+
+def test_a_notifying_writer_says_so_in_the_padding(tmp_path: Path) -> None:
+    path = tmp_path / "rec.bin"
+    with Writer(path) as w:
+        w.write(numbered(1))
+    assert path.read_bytes()[25] == lib.MMAPIPC_NOTIFY_MARKER
+    with Writer(path, notify=False) as w:
+        w.write(numbered(2))
+    assert path.read_bytes()[25] == lib.MMAPIPC_SEQ_MARKER
+    with Reader(path) as r:
+        assert r.read() == numbered(2)
+
+
+def test_an_idle_waiter_sleeps_on_the_futex(tmp_path: Path) -> None:
+    """Waiting on a notifying writer's record looks once per 50 ms slice, not every 10 ms."""
+    path = tmp_path / "rec.bin"
+    with Writer(path) as w:
+        w.write(numbered(1))
+    with Reader(path) as r, pytest.raises(TimeoutError):
+        r.wait_for_change(0.5)
+    assert r.stats["sleeps"] >= 5
+    assert r.stats["polls"] <= 2 * r.stats["sleeps"] + 2, r.stats
+
+
+def test_a_waiter_never_sleeps_through_a_store(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer in another process stores at random moments; with 5 s slices a store slept
+    through would show as a wait of seconds: every record is seen well before that."""
+    monkeypatch.setattr(mmapipc.mapping, "_WAIT_SLICE_NS", 5 * 10**9)
+    path = tmp_path / "rec.bin"
+    with Writer(path) as w:
+        w.write(numbered(0))
+    script = """
+import random, sys, time
+from mmapipc import Student, Writer
+random.seed(7)
+with Writer(sys.argv[1]) as w:
+    for n in range(1, 301):
+        time.sleep(random.random() * 0.004)
+        w.write(Student(n, f"notified{n}", "mf"[n % 2]))
+"""
+    with Reader(path) as r:
+        writer = subprocess.Popen([sys.executable, "-c", script, str(path)])
+        worst, last = 0.0, 0
+        while last < 300:
+            t = time.monotonic()
+            rec = r.wait_for_change(PATIENCE)
+            worst = max(worst, time.monotonic() - t)
+            assert rec.id > last and rec == numbered(rec.id)
+            last = rec.id
+        assert writer.wait(PATIENCE) == 0
+        assert r.stats["sleeps"] > 0
+    assert worst < 2.0, worst
+
+
+def test_a_writer_that_dies_mid_store_leaves_no_waiter_asleep(tmp_path: Path) -> None:
+    """The sequence left odd by a notifying writer that died: a wait still ends on time."""
+    path = tmp_path / "rec.bin"
+    with Writer(path) as w:
+        w.write(numbered(1))
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 28) as m:
+        seq = int.from_bytes(m[26:28], sys.byteorder)
+        m[26:28] = (seq + 1).to_bytes(2, sys.byteorder)  # mid-store, and nobody wakes
+    with Reader(path) as r:
+        t = time.monotonic()
+        with pytest.raises(TimeoutError):
+            r.wait_for_change(0.3)
+        assert time.monotonic() - t < 2.0
+
+
+@pytest.mark.parametrize("first", ["notifying", "legacy"])
+def test_the_wait_switches_when_the_writer_changes(first: str, tmp_path: Path) -> None:
+    """A legacy writer (plain whole records) taking over from a notifying one, and back:
+    every change that stays longer than a wait slice (50 ms: a waiter on the futex looks
+    again at least that often, since a legacy writer wakes nobody) is seen."""
+    path = tmp_path / "rec.bin"
+    with Writer(path) as w:
+        w.write(numbered(0))
+    order = ["notifying", "legacy"] if first == "notifying" else ["legacy", "notifying"]
+    plan = [(order[(n // 5) % 2], n) for n in range(1, 21)]
+
+    def write_all() -> None:
+        for kind, n in plan:
+            time.sleep(mmapipc.mapping.WAIT_SLICE + 0.01)
+            if kind == "notifying":
+                with Writer(path) as w:
+                    w.write(numbered(n))
+            else:
+                fd = os.open(path, os.O_RDWR)
+                os.pwrite(fd, numbered(n).to_bytes(), 0)
+                os.close(fd)
+
+    with Reader(path) as r:
+        t = threading.Thread(target=write_all)
+        t.start()
+        got = [r.wait_for_change(PATIENCE).id for _ in range(20)]
+        t.join()
+    assert got == list(range(1, 21))
+    assert r.stats["sleeps"] > 0
+
+
+def test_random_stores_from_threads_are_each_seen_or_superseded(tmp_path: Path) -> None:
+    """Many rounds: a store at a random moment while a thread waits; the wait returns it."""
+    path = tmp_path / "rec.bin"
+    w = Writer(path)
+    w.write(numbered(0))
+    r = Reader(path)
+    rng = random.Random(3)
+    for n in range(1, 201):
+        timer = threading.Timer(rng.random() * 0.002, w.write, (numbered(n),))
+        timer.start()
+        assert r.wait_for_change(PATIENCE) == numbered(n)
+        timer.join()
+    w.close()
+    r.close()
