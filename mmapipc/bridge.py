@@ -437,9 +437,7 @@ class BridgePublisher(_Side):
               ) -> tuple[Reader[Any], tuple[int, int] | None] | None:
         before = _identity(self.path)
         try:
-            # Polls never further apart than the Reader's sleep ceiling: no naps through a
-            # learnt period, which a starved process can learn twice too long.
-            reader: Reader[Any] = Reader(self.path, layout=self.codec, predict=False)
+            reader: Reader[Any] = Reader(self.path, layout=self.codec)
         except OSError as e:
             if first and not isinstance(e, (FileNotFoundError, FileTooShortError)):
                 raise  # a directory, no permission...: refused at start, not waited for
