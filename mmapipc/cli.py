@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _bridge_parser(sub: Any) -> None:
     br = sub.add_parser("bridge", help="carry a record to another host over Zenoh")
-    actions = br.add_subparsers(dest="bridge_command", metavar="ACTION", parser_class=_Parser)
+    actions = br.add_subparsers(dest="bridge_command", metavar="ACTION", parser_class=_Parser,
+                                help="publish (where the writer runs) or subscribe")
     actions.required = True
     for name, text in (("publish", "watch FILE and publish every changed record to KEY"),
                        ("subscribe", "write every record received on KEY into FILE")):
