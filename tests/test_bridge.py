@@ -388,12 +388,15 @@ def test_gaps_stale_and_restarts_counted(tmp_path: Path, running: list[Running])
                                         Student(seq, "g", "m").to_bytes(), flags))
         raw.put(b"not a bridge message")
         raw.put(b"another one")
-        wait_until(lambda: sub.stats.received == len(sent) + 2, what="every message")
+        # Our fingerprint on a record of the wrong size: refused all the same.
+        raw.put(bridge.pack_message(fp, 1, 11, time.time_ns(), bytes(27)))
+        wait_until(lambda: sub.stats.received == len(sent) + 3, what="every message")
     stats = running[-1].stop()
     # 2 -> 5 and 6 -> 10 in the first run, 8 -> 11 in the second: 3 gaps, 2 + 3 + 2 lost.
     # A repeat is written when it is the first of its publisher (a late joiner's first).
     assert (stats.gaps, stats.lost, stats.stale, stats.publishers) == (3, 7, 1, 2)
     assert (stats.malformed, stats.repeats, stats.written) == (2, 2, len(sent) - 3)
+    assert stats.refused == 1 and "27 bytes" in str(events)
     assert record_of(b) == Student(11, "g", "m")
     kinds = [e.kind for e in events]
     assert kinds.count("malformed") == 1 and kinds.count("publisher") == 1, events
