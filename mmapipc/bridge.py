@@ -531,6 +531,7 @@ class BridgeSubscriber(_Side):
         self._force = force
         self._follow = follow_symlinks
         codec = STUDENT if layout is None else layout
+        created = not os.path.lexists(path)
         self._writer: Writer[Any] | None = Writer(path, layout=codec, force=force,
                                                   follow_symlinks=follow_symlinks)
         self._ident = _identity(os.fspath(path))
@@ -538,6 +539,8 @@ class BridgeSubscriber(_Side):
             super().__init__(path, key, layout, config, mode, listen, connect, on_event)
         except BaseException:
             self._writer.close()
+            if created and _identity(os.fspath(path)) == self._ident:
+                os.unlink(path)  # Zenoh refused: leave no empty file behind
             raise
         self.stats = SubscribeStats()
         self._seqs: dict[int, int] = {}  # publisher id -> last sequence number

@@ -630,8 +630,12 @@ def test_endpoint_in_use_is_one_line(tmp_path: Path, zconf: Path) -> None:
         port = taken.getsockname()[1]
         proc = run_cli("bridge", "publish", tmp_path / "a", "--key", "k",
                        *cli_args(zconf, port))
-    line = assert_clean_error(proc, "mmapipc bridge publish: zenoh:", "in use")
-    assert ".rs:" not in line
+        line = assert_clean_error(proc, "mmapipc bridge publish: zenoh:", "in use")
+        assert ".rs:" not in line
+        proc = run_cli("bridge", "subscribe", tmp_path / "b", "--key", "k",
+                       *cli_args(zconf, port))
+        assert_clean_error(proc, "mmapipc bridge subscribe: zenoh:", "in use")
+        assert not (tmp_path / "b").exists()  # no empty file left behind
 
 
 def test_script_interrupted_closes_cleanly(tmp_path: Path) -> None:
