@@ -34,6 +34,7 @@ enum trust {
 
 struct mmapipc_channel {
     pthread_mutex_t lock;     /* held by every call that touches the mapping */
+    unsigned forks;           /* the fork generation the mutex was made in */
     unsigned char *map;       /* NULL when closed */
     int fd;                   /* kept to fstat the mapped file; -1 when closed */
     char *path;               /* absolute path it was opened by (our copy) */
@@ -69,6 +70,22 @@ static struct sigaction previous;      /* the handler that was there before */
 static pthread_mutex_t install_lock = PTHREAD_MUTEX_INITIALIZER;
 static atomic_int guard_users;         /* guarded copies in progress */
 static atomic_int guard_paused;        /* new ones wait while set */
+static atomic_uint fork_generation;    /* forks this process has been the child of */
+
+/* In a child of fork(), only the forking thread exists: what other threads
+ * held (a channel's mutex, the install lock, guarded copies) is let go. */
+static void after_fork_child(void)
+{
+    pthread_mutex_init(&install_lock, NULL);
+    atomic_store(&guard_users, 0);
+    atomic_store(&guard_paused, 0);
+    atomic_fetch_add(&fork_generation, 1);
+}
+
+static void at_fork_once(void)
+{
+    pthread_atfork(NULL, NULL, after_fork_child);
+}
 
 static void on_sigbus(int sig, siginfo_t *info, void *ctx)
 {
@@ -230,6 +247,24 @@ static void fine_timer(void)
 
 /* ---- channels ---------------------------------------------------------- */
 
+/* A channel used in a child of fork() for the first time: its mutex may be
+ * held by a thread that is not there; make it anew, and forget the record. */
+static void after_fork(mmapipc_channel *ch)
+{
+    unsigned now = atomic_load(&fork_generation);
+    if (ch->forks != now) {
+        pthread_mutex_init(&ch->lock, NULL);
+        ch->forks = now;
+        ch->have = TRUST_NONE;
+    }
+}
+
+static void lock_channel(mmapipc_channel *ch)
+{
+    after_fork(ch);
+    pthread_mutex_lock(&ch->lock);
+}
+
 static int lock_offsets_ok(size_t size, int marker, int seq)
 {
     if (marker == -1 && seq == -1)
@@ -254,8 +289,11 @@ mmapipc_channel *mmapipc_new(size_t size, int marker_off, int seq_off)
         free(ch);
         return NULL;
     }
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, at_fork_once);
     ch->scratch = ch->copy + size;
     pthread_mutex_init(&ch->lock, NULL);
+    ch->forks = atomic_load(&fork_generation);
     ch->fd = -1;
     ch->size = size;
     ch->marker_off = marker_off;
@@ -271,7 +309,7 @@ mmapipc_channel *mmapipc_new(size_t size, int marker_off, int seq_off)
 int mmapipc_set_limits(mmapipc_channel *ch, int64_t stuck, int64_t unstable,
                        int64_t file_check)
 {
-    pthread_mutex_lock(&ch->lock);
+    lock_channel(ch);
     ch->stuck_ns = stuck;
     ch->unstable_ns = unstable;
     ch->check_ns = file_check;
@@ -285,7 +323,7 @@ int mmapipc_set_wait(mmapipc_channel *ch, const struct mmapipc_wait_params *p)
         errno = EINVAL;
         return MMAPIPC_EOS;
     }
-    pthread_mutex_lock(&ch->lock);
+    lock_channel(ch);
     ch->wp = *p;
     pthread_mutex_unlock(&ch->lock);
     return 0;
@@ -293,7 +331,7 @@ int mmapipc_set_wait(mmapipc_channel *ch, const struct mmapipc_wait_params *p)
 
 int mmapipc_get_stats(mmapipc_channel *ch, struct mmapipc_stats *out)
 {
-    pthread_mutex_lock(&ch->lock);
+    lock_channel(ch);
     *out = ch->st;
     pthread_mutex_unlock(&ch->lock);
     return 0;
@@ -307,6 +345,13 @@ static inline int has_seqlock(const mmapipc_channel *ch)
 static inline _Atomic uint16_t *seq_word(const mmapipc_channel *ch, const unsigned char *m)
 {
     return (_Atomic uint16_t *)(m + ch->seq_off);
+}
+
+/* Does the record carry our marker (a sequence lock in its padding)? */
+static inline int marked(const mmapipc_channel *ch, const unsigned char *m)
+{
+    unsigned char mark = has_seqlock(ch) ? m[ch->marker_off] : 0;
+    return mark == MMAPIPC_SEQ_MARKER || mark == MMAPIPC_NOTIFY_MARKER;
 }
 
 /* The aligned 32-bit word that holds the sequence: what a notifying writer
@@ -347,17 +392,170 @@ static void reset_reader(mmapipc_channel *ch)
 
 /* ---- open and close ---------------------------------------------------- */
 
-static int open_fd(const mmapipc_channel *ch, const char *path, int flags)
+/* ---- the writer's path rules ------------------------------------------- */
+
+/* Walked component by component with openat, as the kernel would resolve the
+ * path, so that what is checked is what is opened: a symlink in a sticky
+ * world-writable directory that belongs to neither the caller nor the
+ * directory's owner is not followed (protected_symlinks), whatever the
+ * sysctls say; the opened file's owner is checked on its descriptor. */
+
+#define MAX_LINKS 40
+
+struct walk {
+    char rest[2 * PATH_MAX];  /* what is left of the path to resolve */
+    int dirfd;                /* the directory reached so far */
+    int links;
+};
+
+static int sticky_open_to_all(int dirfd, uid_t *owner)
 {
-    if (flags & MMAPIPC_WRITE) {
-        int oflags = O_RDWR | O_CREAT | O_CLOEXEC;
-        if (!(flags & MMAPIPC_FOLLOW_SYMLINKS))
-            oflags |= O_NOFOLLOW;
-        return open(path, oflags, 0664);
+    struct stat d;
+    if (fstat(dirfd, &d) != 0)
+        return 0;
+    *owner = d.st_uid;
+    return (d.st_mode & S_ISVTX) && (d.st_mode & S_IWOTH);
+}
+
+/* Someone else's file or link in a sticky world-writable directory? */
+static int foreign(int dirfd, uid_t uid)
+{
+    uid_t dir_owner;
+    return uid != geteuid() && sticky_open_to_all(dirfd, &dir_owner) && uid != dir_owner;
+}
+
+/* Move the next component of w->rest into name: 1 if it is the last, 0 if
+ * not, -1 (errno set) if there is none or it is too long. */
+static int next_component(struct walk *w, char *name, size_t cap)
+{
+    const char *p = w->rest, *end;
+    size_t n;
+    while (*p == '/')
+        p++;
+    end = strchrnul(p, '/');
+    n = (size_t)(end - p);
+    if (n == 0 || n >= cap) {
+        errno = n == 0 ? ENOENT : ENAMETOOLONG;
+        return -1;
     }
-    (void)ch;
+    memcpy(name, p, n);
+    name[n] = '\0';
+    memmove(w->rest, end, strlen(end) + 1);
+    if (w->rest[0] != '\0' && w->rest[strspn(w->rest, "/")] == '\0') {
+        errno = EISDIR;   /* a trailing slash: the writer's file cannot be a directory */
+        return -1;
+    }
+    return w->rest[0] == '\0';
+}
+
+/* Go on from the target of the symlink open at fd (O_PATH|O_NOFOLLOW). */
+static int expand_link(struct walk *w, int fd)
+{
+    char target[PATH_MAX];
+    ssize_t n = readlinkat(fd, "", target, sizeof target - 1);
+    size_t rest = strlen(w->rest);
+    if (n < 0)
+        return MMAPIPC_EOS;
+    if (++w->links > MAX_LINKS || (size_t)n + rest + 2 > sizeof w->rest) {
+        errno = w->links > MAX_LINKS ? ELOOP : ENAMETOOLONG;
+        return MMAPIPC_EOS;
+    }
+    memmove(w->rest + n + 1, w->rest, rest + 1);
+    memcpy(w->rest, target, (size_t)n);
+    w->rest[n] = '/';
+    if (target[0] == '/') {
+        int root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (root < 0)
+            return MMAPIPC_EOS;
+        close(w->dirfd);
+        w->dirfd = root;
+    }
+    return 0;
+}
+
+/* Resolve a symlink component, unless it was planted. */
+static int through_link(struct walk *w, const char *name)
+{
+    struct stat st;
+    int rc, fd = openat(w->dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return MMAPIPC_EOS;
+    if (fstat(fd, &st) != 0)
+        rc = MMAPIPC_EOS;
+    else if (S_ISLNK(st.st_mode) && foreign(w->dirfd, st.st_uid))
+        rc = MMAPIPC_EPLANTED;
+    else
+        rc = S_ISLNK(st.st_mode) ? expand_link(w, fd) : (errno = EAGAIN, MMAPIPC_EOS);
+    close(fd);
+    return rc;
+}
+
+/* Walk every component but the last (into name), following symlinks by the
+ * rules; the last one too when it is a symlink and follow_last. */
+static int walk_to_last(struct walk *w, char *name, size_t cap, int follow_last)
+{
+    struct stat st;
+    for (;;) {
+        int last = next_component(w, name, cap), fd, rc;
+        if (last < 0)
+            return MMAPIPC_EOS;
+        if (fstatat(w->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+            return last && errno == ENOENT ? 0 : MMAPIPC_EOS;
+        if (S_ISLNK(st.st_mode) && (!last || follow_last)) {
+            if ((rc = through_link(w, name)) != 0)
+                return rc;
+            continue;
+        }
+        if (last)
+            return 0;
+        /* O_NOFOLLOW: a directory swapped for a link since fstatat fails here */
+        fd = openat(w->dirfd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+            return MMAPIPC_EOS;
+        close(w->dirfd);
+        w->dirfd = fd;
+    }
+}
+
+/* Open the writer's file by the rules; *fd_out on success. */
+static int open_writer(const char *path, int flags, int *fd_out)
+{
+    struct walk w;
+    struct stat st;
+    char name[NAME_MAX + 1];
+    int rc, fd = -1, saved;
+    if (strlen(path) >= sizeof w.rest) {
+        errno = ENAMETOOLONG;
+        return MMAPIPC_EOS;
+    }
+    strcpy(w.rest, path);
+    w.links = 0;
+    w.dirfd = open(path[0] == '/' ? "/" : ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (w.dirfd < 0)
+        return MMAPIPC_EOS;
+    rc = walk_to_last(&w, name, sizeof name, (flags & MMAPIPC_FOLLOW_SYMLINKS) != 0);
+    if (rc == 0)
+        fd = openat(w.dirfd, name, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0664);
+    if (rc == 0 && fd < 0)
+        rc = MMAPIPC_EOS;
+    if (rc == 0 && !(flags & MMAPIPC_FORCE) && fstat(fd, &st) == 0 && foreign(w.dirfd, st.st_uid))
+        rc = MMAPIPC_EFOREIGN;
+    saved = errno;
+    if (rc != 0 && fd >= 0)
+        close(fd);
+    close(w.dirfd);
+    errno = saved;
+    *fd_out = fd;
+    return rc;
+}
+
+static int open_fd(const char *path, int flags, int *fd)
+{
+    if (flags & MMAPIPC_WRITE)
+        return open_writer(path, flags, fd);
     /* O_NONBLOCK: opening a FIFO must not hang waiting for a writer. */
-    return open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    *fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    return *fd < 0 ? MMAPIPC_EOS : 0;
 }
 
 /* What the writer or reader refuses, from the opened file's status. */
@@ -378,11 +576,10 @@ static int refuse(const mmapipc_channel *ch, const struct stat *st, int flags)
 static int map_file(mmapipc_channel *ch, const char *path, int flags,
                     unsigned char **map, int *fd_out, struct stat *st)
 {
-    int writable = (flags & MMAPIPC_WRITE) != 0, rc, saved;
-    int fd = open_fd(ch, path, flags);
+    int writable = (flags & MMAPIPC_WRITE) != 0, rc, saved, fd;
     void *m;
-    if (fd < 0)
-        return MMAPIPC_EOS;
+    if ((rc = open_fd(path, flags, &fd)) != 0)
+        return rc;
     if (fstat(fd, st) != 0)
         goto fail_errno;
     ch->st.file_size = (int64_t)st->st_size;
@@ -414,7 +611,7 @@ int mmapipc_open(mmapipc_channel *ch, const char *path, int flags)
     char *copy = strdup(path);
     if (copy == NULL)
         return MMAPIPC_EOS;
-    pthread_mutex_lock(&ch->lock);
+    lock_channel(ch);
     rc = ch->map != NULL ? (errno = EBUSY, MMAPIPC_EOS)
                          : map_file(ch, path, flags, &map, &fd, &st);
     if (rc == 0) {
@@ -448,7 +645,7 @@ static int unmap_locked(mmapipc_channel *ch)
 
 int mmapipc_close(mmapipc_channel *ch)
 {
-    pthread_mutex_lock(&ch->lock);
+    lock_channel(ch);
     int rc = unmap_locked(ch);
     pthread_mutex_unlock(&ch->lock);
     return rc;
@@ -468,7 +665,7 @@ void mmapipc_free(mmapipc_channel *ch)
 /* Take the channel's mutex; EBADF (unlocked again) if it is closed. */
 static int enter(mmapipc_channel *ch)
 {
-    pthread_mutex_lock(&ch->lock);
+    lock_channel(ch);
     if (ch->map != NULL)
         return 0;
     pthread_mutex_unlock(&ch->lock);
@@ -513,23 +710,30 @@ static int follow_path(mmapipc_channel *ch)
 /* Is the mapped file still long enough, and does the path still name it?
  * Bytes past the end of a file read as zeros without a fault when they share
  * a page with bytes before it, so the size is asked of the file itself. */
+/* Is the mapped file (its descriptor, whatever the path names) long enough? */
+static int check_size(mmapipc_channel *ch)
+{
+    struct stat st;
+    if (fstat(ch->fd, &st) != 0)
+        return MMAPIPC_EOS;
+    ch->st.file_size = (int64_t)st.st_size;
+    ch->short_file = (size_t)st.st_size < ch->size;
+    return ch->short_file ? MMAPIPC_ESHORT : 0;
+}
+
 static int check_file(mmapipc_channel *ch, int64_t now)
 {
-    struct stat fst, pst;
+    struct stat pst;
     int writer = (ch->flags & MMAPIPC_WRITE) != 0, follow = (ch->flags & MMAPIPC_FOLLOW) != 0;
     int named = stat(ch->path, &pst) == 0;
-    int gone = !named && (errno == ENOENT || errno == ENOTDIR);
+    int gone = !named && errno != EACCES && errno != EPERM;   /* else: cannot tell */
     int same = named ? (uint64_t)pst.st_dev == ch->dev && (uint64_t)pst.st_ino == ch->ino : !gone;
     ch->checked_at = now;
     if (!same && named && follow && !writer)
         return follow_path(ch);
     if (!same && !(follow && !writer))
         return MMAPIPC_EREPLACED;
-    if (fstat(ch->fd, &fst) != 0)
-        return MMAPIPC_EOS;
-    ch->st.file_size = (int64_t)fst.st_size;
-    ch->short_file = (size_t)fst.st_size < ch->size;
-    return ch->short_file ? MMAPIPC_ESHORT : 0;
+    return check_size(ch);
 }
 
 static int check_file_if_due(mmapipc_channel *ch)
@@ -598,6 +802,35 @@ static inline int notifies(const mmapipc_channel *ch)
     return (ch->flags & MMAPIPC_NOTIFY) && can_notify(ch);
 }
 
+/* Make the sequence odd for our store: from even by compare-and-swap, so that
+ * two writers never store at once; from an odd value that moves (another
+ * writer storing), after it goes even; from one that has stood still for
+ * stuck_ns (a writer that died mid-store), by taking it over.  Without a
+ * marker the sequence bytes are a legacy writer's padding: start from them. */
+static uint16_t begin_store(mmapipc_channel *ch, unsigned char *m)
+{
+    _Atomic uint16_t *seq = seq_word(ch, m);
+    uint16_t s = atomic_load_explicit(seq, memory_order_relaxed), last = 0;
+    int64_t since = 0;
+    if (!marked(ch, m))
+        s = (uint16_t)(s + (s & 1));
+    for (;;) {
+        uint16_t want = (uint16_t)(s + 1 + (s & 1));   /* the next odd value */
+        if (!(s & 1) || (since && s == last && now_ns() - since > ch->stuck_ns)) {
+            if (atomic_compare_exchange_weak_explicit(seq, &s, want, memory_order_acquire,
+                                                      memory_order_relaxed))
+                return want;
+            continue;
+        }
+        if (!since || s != last) {
+            last = s;
+            since = now_ns();
+        }
+        cpu_relax();
+        s = atomic_load_explicit(seq, memory_order_relaxed);
+    }
+}
+
 /* The store itself: the sequence goes odd, the fields are copied, it goes
  * even again.  It carries on from the sequence in the file, so that writers
  * that take turns (or a writer that died mid-store) keep it moving. */
@@ -610,15 +843,12 @@ static int store_guarded(mmapipc_channel *ch, const unsigned char *rec)
         return guard_fault(&g);
     guard_arm(&g);
     if (has_seqlock(ch)) {
-        _Atomic uint16_t *seq = seq_word(ch, m);
-        uint16_t s = atomic_load_explicit(seq, memory_order_relaxed);
-        s = (uint16_t)(s + (s & 1));
-        atomic_store_explicit(seq, (uint16_t)(s + 1), memory_order_relaxed);
+        uint16_t odd = begin_store(ch, m);
         m[ch->marker_off] = notifies(ch) ? MMAPIPC_NOTIFY_MARKER : MMAPIPC_SEQ_MARKER;
         atomic_thread_fence(memory_order_release);
         copy_fields(ch, m, rec);
         atomic_thread_fence(memory_order_release);
-        atomic_store_explicit(seq, (uint16_t)(s + 2), memory_order_relaxed);
+        atomic_store_explicit(seq_word(ch, m), (uint16_t)(odd + 1), memory_order_relaxed);
     } else {
         memcpy(m, rec, ch->size);
     }
@@ -641,11 +871,6 @@ int mmapipc_store(mmapipc_channel *ch, const char *rec)
 
 /* ---- loads ------------------------------------------------------------- */
 
-static inline int marked(const mmapipc_channel *ch, const unsigned char *m)
-{
-    unsigned char mark = has_seqlock(ch) ? m[ch->marker_off] : 0;
-    return mark == MMAPIPC_SEQ_MARKER || mark == MMAPIPC_NOTIFY_MARKER;
-}
 
 static inline uint32_t pad_value(const mmapipc_channel *ch, uint16_t s)
 {
@@ -714,6 +939,8 @@ static int fetch(mmapipc_channel *ch, unsigned char *dst)
         int mark = marked(ch, m);
         uint16_t s1 = mark ? atomic_load_explicit(seq_word(ch, m), memory_order_acquire) : 0;
         int stuck = mark && (s1 & 1) && ch->stuck_valid && ch->stuck == pad_value(ch, s1);
+        if (ch->stuck_valid && !stuck)
+            ch->stuck_valid = 0;   /* it moved: a live writer again */
         if (mark && (s1 & 1) && !stuck && !wait_for_store(ch, s1, &last_odd, &since))
             continue;
         memcpy(dst, m, ch->size);
@@ -759,27 +986,36 @@ static int look_and_fetch(mmapipc_channel *ch)
 
 static int load_locked(mmapipc_channel *ch, char *out)
 {
-    int rc = check_file_if_due(ch);
+    int covered, rc = check_file_if_due(ch);
     if (rc != 0)
         return rc;
     rc = look_and_fetch(ch);
     if (rc <= 0)
         return rc;
-    if (rc == 1) {   /* our lock bytes are not the record's: zero them */
+    /* A non-zero last byte proves the file still covers the whole record (past
+     * its end a page reads as zeros); else ask the file (once it changed). */
+    covered = ch->scratch[ch->size - 1] != 0;
+    if (marked(ch, ch->scratch)) {   /* our lock bytes are not the record's: zero them */
         ch->scratch[ch->marker_off] = 0;
         ch->scratch[ch->seq_off] = 0;
         ch->scratch[ch->seq_off + 1] = 0;
     }
     if (ch->have != TRUST_NONE && same_fields(ch, ch->scratch, ch->copy))
         return 0;
-    /* A non-zero last byte proves the file still covers the whole record
-     * (past its end a page reads as zeros); else ask the file now. */
-    if (ch->scratch[ch->size - 1] == 0 && (rc = check_file(ch, now_ns())) != 0)
+    if (!covered && (rc = check_size(ch)) != 0)
         return rc;
     memcpy(ch->copy, ch->scratch, ch->size);
     ch->have = TRUST_LOADED;
     memcpy(out, ch->copy, ch->size);
     return 1;
+}
+
+int mmapipc_forget(mmapipc_channel *ch)
+{
+    lock_channel(ch);
+    ch->have = TRUST_NONE;
+    pthread_mutex_unlock(&ch->lock);
+    return 0;
 }
 
 int mmapipc_load(mmapipc_channel *ch, char *out)

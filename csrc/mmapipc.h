@@ -38,6 +38,8 @@ struct STU {
 #define MMAPIPC_EINTR -8      /* a wait was interrupted by a signal */
 #define MMAPIPC_EREPLACED -9  /* the path no longer names the mapped file */
 #define MMAPIPC_ELINKS -10    /* the writer would write a file with other hard links */
+#define MMAPIPC_EPLANTED -11  /* a symlink planted in a sticky world-writable directory */
+#define MMAPIPC_EFOREIGN -12  /* someone else's file in a sticky world-writable directory */
 
 /* Flags for mmapipc_open. */
 #define MMAPIPC_WRITE 1           /* map for writing (creates the file) */
@@ -103,6 +105,9 @@ int mmapipc_guard_resume(void);
 
 /* Open path and map one record (the descriptor is kept, to watch the file). */
 int mmapipc_open(mmapipc_channel *ch, const char *path, int flags);
+
+/* Forget the last record loaded: the next load returns the record (1). */
+int mmapipc_forget(mmapipc_channel *ch);
 
 /* Unmap and close; safe to call twice. */
 int mmapipc_close(mmapipc_channel *ch);

@@ -133,6 +133,20 @@ def core_error(rc: int, path: PathLike | None, record_size: int, file_size: int 
             " not written unless forced (force=True / --force)",
             path,
         )
+    if rc == lib.MMAPIPC_EPLANTED:
+        return SymlinkError(
+            errno.EACCES,
+            "a symlink on the path sits in a sticky world-writable directory and belongs to"
+            " neither you nor the directory's owner; not followed",
+            path,
+        )
+    if rc == lib.MMAPIPC_EFOREIGN:
+        return UnsafeFileError(
+            errno.EACCES,
+            "belongs to another user, in a sticky world-writable directory; not written"
+            " unless forced (force=True / --force)",
+            path,
+        )
     if rc == lib.MMAPIPC_EUNSTABLE:
         return UnstableRecordError(errno.EAGAIN, "record kept changing while it was copied", path)
     if rc == lib.MMAPIPC_ETIMEDOUT:

@@ -22,7 +22,6 @@ from typing import Any, Generic, TypeVar, cast, overload
 
 from mmapipc._ffi import ffi, lib
 from mmapipc.errors import FileTooShortError, PathLike, SymlinkError, core_error
-from mmapipc.paths import check_writable
 from mmapipc.record import STUDENT, Codec, Student
 
 T = TypeVar("T")
@@ -47,6 +46,10 @@ OPEN_POLL = 0.01
 WAIT_SLICE = 0.05
 # The longest any duration argument may be (a year): beyond, a typo.
 LONGEST = 365 * 86400.0
+# The shortest gap a wait can keep (the clock's resolution is finer, a wake-up is not).
+SHORTEST_GAP = 1e-6
+# The largest record mapped (1 TiB): beyond, not a struct.
+MAX_RECORD = 1 << 40
 
 _WAIT_SLICE_NS = int(WAIT_SLICE * 1e9)
 _ETIMEDOUT = lib.MMAPIPC_ETIMEDOUT
@@ -101,6 +104,10 @@ def seconds(value: float | None, what: str, *, none_ok: bool = True) -> float | 
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
+    try:
+        value = float(value)
+    except OverflowError:
+        value = math.nan  # an int too large for a float: refused below
     if math.isinf(value) and value > 0 and none_ok:
         return None
     if not 0 <= value <= LONGEST:
@@ -123,9 +130,12 @@ def _check_lock_offsets(codec: Codec[Any]) -> tuple[int, int]:
     bad = (not 0 <= marker < size or not 0 <= seq <= size - 2 or seq % 2
            or marker in (seq, seq + 1))
     padding = getattr(codec, "padding", None)
+    if padding is not None and not all(0 <= off and 0 < n and off + n <= size
+                                       for off, n in padding):
+        raise ValueError(f"padding {padding!r} does not lie inside the {size}-byte record")
     if not bad and padding is not None:
-        holes = {i for off, n in padding for i in range(off, off + n)}
-        bad = not {marker, seq, seq + 1} <= holes
+        bad = not all(any(off <= b < off + n for off, n in padding)
+                      for b in (marker, seq, seq + 1))
     if bad:
         raise ValueError(f"lock offsets (marker {marker}, sequence {seq}) do not fit in the"
                          f" padding of a {size}-byte record")
@@ -147,6 +157,10 @@ class _Mapping(Generic[T]):
             raise ValueError(f"path contains a NUL byte: {self.path!r}")
         self.codec = codec
         self._size = codec.size
+        if isinstance(self._size, bool) or not isinstance(self._size, int):
+            raise TypeError(f"a codec's size must be an int, not {type(self._size).__name__}")
+        if not 0 < self._size <= MAX_RECORD:
+            raise ValueError(f"a record must be 1 to {MAX_RECORD} bytes, got {self._size}")
         marker, seq = _check_lock_offsets(codec) if lock else (-1, -1)
         ch = lib.mmapipc_new(self._size, marker, seq)
         if ch == ffi.NULL:
@@ -159,7 +173,9 @@ class _Mapping(Generic[T]):
         install_fault_guard()
         _installed.set()
         # The path as it names the file now: a later chdir must not change what it names.
-        rc = lib.mmapipc_open(self._ch, os.fsencode(os.path.abspath(self.path)), flags)
+        # Not normalised: "link/../f" must name what the kernel names.
+        where = self.path if self.path.startswith("/") else os.path.join(os.getcwd(), self.path)
+        rc = lib.mmapipc_open(self._ch, os.fsencode(where), flags)
         if rc != 0:
             raise self._error(rc)
 
@@ -256,7 +272,6 @@ class Writer(_Mapping[T]):
             flags |= lib.MMAPIPC_FORCE
         if notify:
             flags |= lib.MMAPIPC_NOTIFY
-        check_writable(self.path, force=force)
         try:
             self._open(flags)
         except OSError as e:
@@ -271,6 +286,8 @@ class Writer(_Mapping[T]):
     def write(self, record: T) -> None:
         """Store the whole record in one guarded copy (under the seq lock)."""
         data = self._encode(record)
+        if type(data) is not bytes:  # a subclass could lie about its length
+            data = bytes(data)
         if len(data) != self._size:
             raise ValueError(f"a record is {self._size} bytes, got {len(data)}")
         rc = self._store(self._ch, data)
@@ -359,19 +376,21 @@ class Reader(_Mapping[T]):
         super().__init__(path, cast(Codec[T], layout or STUDENT))
         gaps = [cast(float, seconds(v, name, none_ok=False)) for v, name in (
             (max_gap, "max_gap"), (idle_gap, "idle_gap"), (idle_after, "idle_after"))]
-        if not 0 < gaps[0] <= gaps[1]:
-            raise ValueError(f"max_gap must be more than 0 and at most idle_gap, got max_gap"
+        if not SHORTEST_GAP <= gaps[0] <= gaps[1]:
+            raise ValueError(f"max_gap must be at least {SHORTEST_GAP:g} s and at most idle_gap,"
+                             " got max_gap"
                              f" {gaps[0]:g} s and idle_gap {gaps[1]:g} s")
         params = ffi.new("struct mmapipc_wait_params *", {
             "max_gap": _ns(gaps[0]), "idle_gap": _ns(gaps[1]), "idle_after": _ns(gaps[2]),
             "predict": bool(predict), "busy": bool(busy)})
-        lib.mmapipc_set_wait(self._ch, params)
+        if lib.mmapipc_set_wait(self._ch, params) != 0:
+            raise ValueError(f"wait parameters refused: {os.strerror(ffi.errno)}")
         wait_timeout = seconds(wait_timeout, "wait_timeout")
         self._out = ffi.new("char[]", self._size)
         self._outbuf = ffi.buffer(self._out)
         self._decode = self.codec.decode
         self._load = lib.mmapipc_load
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         flags = lib.MMAPIPC_FOLLOW if follow else 0
         if wait:
             self._open_when_ready(wait_timeout, flags)
@@ -397,12 +416,16 @@ class Reader(_Mapping[T]):
         An unchanged record comes back as the same object, without decoding again.
         """
         with self._lock:
-            rc = self._load(self._ch, self._out)
-            if rc == 0:
-                return self._last
-            if rc == 1:
-                self._last = last = self._decode(self._outbuf[:])
-                return last
+            try:
+                rc = self._load(self._ch, self._out)
+                if rc == 0:
+                    return self._last
+                if rc == 1:
+                    self._last = last = self._decode(self._outbuf[:])
+                    return last
+            except BaseException:  # a record loaded but never returned: load it again
+                lib.mmapipc_forget(self._ch)
+                raise
         raise self._error(rc)
 
     def changed(self) -> bool:
@@ -428,11 +451,7 @@ class Reader(_Mapping[T]):
     def read_bytes(self) -> bytes:
         """The current record's bytes, as read() sees them (lock bytes zeroed)."""
         with self._lock:
-            rc = self._load(self._ch, self._out)
-            if rc == 1:
-                self._last = self._decode(self._outbuf[:])
-            elif rc != 0:
-                raise self._error(rc)
+            self.read()  # the lock is re-entrant: read() takes it again
             return cast(bytes, self._outbuf[:])
 
     def wait_for_change(self, timeout: float | None = None) -> T:

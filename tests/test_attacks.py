@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 import mmapipc.mapping
-import mmapipc.paths
 from mmapipc import FileReplacedError, Layout, Reader, Student, SymlinkError, Writer
 from mmapipc.mapping import SIZE_CHECK
 from mmapipc.record import STUDENT
@@ -108,15 +107,15 @@ def test_a_planted_symlink_behind_a_followed_last_symlink_is_not_followed(
 
 
 def _race_after_check(monkeypatch: pytest.MonkeyPatch, attack: Callable[[], None]) -> None:
-    """Run attack (as another user) right after the path check, before the open: the
-    window any other process can hit."""
-    real = mmapipc.paths.check_writable
+    """Run attack (as another user) at the last moment before the C open, after everything
+    the Python side does: a check made anywhere before the open could be raced there."""
+    real = mmapipc.mapping.install_fault_guard
 
-    def checked_then_attacked(path: str, *, force: bool) -> None:
-        real(path, force=force)
+    def then_attacked() -> None:
+        real()
         _as_nobody(attack)
 
-    monkeypatch.setattr(mmapipc.mapping, "check_writable", checked_then_attacked)
+    monkeypatch.setattr(mmapipc.mapping, "install_fault_guard", then_attacked)
 
 
 @root_only
@@ -246,9 +245,12 @@ def test_a_stuck_sequence_seen_again_later_is_waited_for(tmp_path: Path) -> None
 
 def test_two_writers_storing_at_once_never_tear_a_record(tmp_path: Path) -> None:
     """Two Writers of one file (two threads here; two processes alike) store at the same
-    time: the sequence must not go even while either is still copying."""
+    time: the sequence must not go even while either is still copying.  (A struct with no
+    three padding bytes has no sequence lock, and then nothing keeps two writers apart.)"""
     ints = 4096
-    lay = Layout.from_c(f"struct big {{ int head; int data[{ints}]; int tail; }};", "struct big")
+    lay = Layout.from_c(f"struct big {{ int head; int data[{ints}]; int tail; char c; }};",
+                        "struct big")
+    assert lay.lock_offsets is not None
     path = tmp_path / "rec.bin"
     writers = [Writer(path, layout=lay), Writer(path, layout=lay)]
     recs = [lay.Record(head=k, data=[k] * ints, tail=k) for k in range(1, 5)]
