@@ -258,6 +258,112 @@ def micro_markdown(res: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------------------
+# Part 1b: records (one record system for struct STU and any layout)
+# --------------------------------------------------------------------------------------
+
+SENSOR_H = """
+#define NAME_LEN 16
+struct point { int16_t x, y; double z; };
+typedef struct sensor {
+    uint8_t kind; int64_t stamp; uint32_t count; char name[NAME_LEN]; int32_t samples[4];
+    struct point pos; struct point track[3]; _Bool ok;
+} sensor_t;
+"""
+
+# ns targets of the record rows: (row, reference row, at most this ratio to it)
+TARGETS_RECORDS = [
+    ("write a Student", "bare cffi call, one argument", 2.0),
+    ("decode the sensor layout", "unpack_from + namedtuples by hand", 1.5),
+]
+READ_CHANGED_NS = 400.0  # a changed read() of struct STU, in ns
+
+
+def records(tmp: Path, quick: bool) -> dict[str, Any]:
+    """ns per operation of the record codecs, against the bare calls they cannot beat."""
+    from collections import namedtuple
+
+    from mmapipc import Layout, LayoutError
+    from mmapipc._ffi import lib
+    from mmapipc.record import STUDENT
+
+    students = _students()
+    t = Timings(0.002, 2) if quick else Timings(0.04, 7)
+    w: Writer[Student] = Writer(tmp / "records.bin")
+    w.write(students[0])
+    r: Reader[Student] = Reader(w.path)
+    closed: Writer[Student] = Writer(tmp / "closed.bin")
+    closed.close()
+    try:
+        sensor = Layout.from_c("#include <stdint.h>\n" + SENSOR_H, "sensor_t")
+    except LayoutError:  # no C compiler: cffi's parser knows the <stdint.h> types itself
+        sensor = Layout.from_c(SENSOR_H, "sensor_t", use_compiler=False)
+    rng = __import__("random").Random(5)
+    srec = sensor.Record(kind=3, stamp=rng.randrange(2**62), count=7, name="probe",
+                         samples=[1, 2, 3, 4], pos={"x": 1, "y": 2, "z": 0.5},
+                         track=[{"x": k, "y": -k, "z": k / 3} for k in range(3)], ok=True)
+    sdata = srec.to_bytes()
+    unpack_from = sensor._root.packer.unpack_from  # the same format, item by item
+    Point = namedtuple("Point", "x y z")
+    Sensor = namedtuple("Sensor", "kind stamp count name samples pos track ok")
+
+    def by_hand(b: bytes) -> Any:
+        v = unpack_from(b, 0)
+        return Sensor(v[0], v[1], v[2], v[3].split(b"\0", 1)[0].decode("utf-8",
+                                                                       "surrogateescape"),
+                      v[4:8], Point(v[8], v[9], v[10]),
+                      (Point(v[11], v[12], v[13]), Point(v[14], v[15], v[16]),
+                       Point(v[17], v[18], v[19])), v[20])
+
+    assert tuple(by_hand(sdata)._asdict().values())[:4] == (3, srec.stamp, 7, "probe")
+    ns: dict[str, Any] = {
+        "w": w, "r": r, "s": students[0], "lib": lib, "ch": closed._ch,
+        "nxt": itertools.cycle(students).__next__, "b": students[0].to_bytes(),
+        "Student": Student, "decode": STUDENT.decode, "S": RECORD, "sensor": sensor,
+        "sdata": sdata, "by_hand": by_hand, "sdecode": sensor.decode,
+    }
+    rows = {
+        "bare cffi call, one argument": "lib.mmapipc_close(ch)",
+        "write a Student": "w.write(s)",
+        "read() of a changed Student": None,
+        "Student.from_bytes": "Student.from_bytes(b)",
+        "struct.unpack + decode, a tuple by hand": "i, n, x = S.unpack(b);"
+        " (i, n.split(b'\\0', 1)[0].decode(), x.decode())",
+        "decode the sensor layout": "sdecode(sdata)",
+        "unpack_from + namedtuples by hand": "by_hand(sdata)",
+    }
+    for key, stmt in rows.items():
+        if stmt is not None:
+            t.add(key, stmt, ns)
+    t.add("write+read", "w.write(nxt()); r.read()", ns)
+    t.add("write-ring", "w.write(nxt())", ns)
+    raw = t.run()
+    r.close()
+    w.close()
+    ns_row = {k: raw[k] for k in rows if k in raw}
+    ns_row["read() of a changed Student"] = max(1.0, raw["write+read"] - raw["write-ring"])
+    return {"ns": ns_row, "raw_ns": raw}
+
+
+def records_markdown(res: dict[str, Any]) -> str:
+    ns = res["ns"]
+    bare = ns["bare cffi call, one argument"]
+    lines = ["| operation | ns | / bare cffi call | target |", "|---|---:|---:|---|"]
+    targets = {row: (ref, limit) for row, ref, limit in TARGETS_RECORDS}
+    for key, value in ns.items():
+        target = ""
+        if key in targets:
+            ref, limit = targets[key]
+            ratio = value / ns[ref]
+            target = (f"<= {limit:.1f}x {ref}: {ratio:.2f}x,"
+                      f" {'met' if ratio <= limit else 'missed'}")
+        elif key == "read() of a changed Student":
+            target = (f"<= {READ_CHANGED_NS:.0f} ns:"
+                      f" {'met' if value <= READ_CHANGED_NS else 'missed'}")
+        lines.append(f"| {key} | {value:.0f} | {value / bare:.2f} | {target} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
 # Part 2: watching a C writer from another process
 # --------------------------------------------------------------------------------------
 
@@ -550,13 +656,21 @@ def _default_ok(r: dict[str, Any]) -> bool:
 # Targets and main
 # --------------------------------------------------------------------------------------
 
-def targets(micro_res: dict[str, Any] | None,
-            watch_res: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def targets(micro_res: dict[str, Any] | None, watch_res: dict[str, dict[str, Any]],
+            records_res: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
     def add(name: str, measured: str, met: bool) -> None:
         out.append({"target": name, "measured": measured, "met": met})
 
+    rec = records_res
+    if rec is not None:
+        for row, ref, limit in TARGETS_RECORDS:
+            ratio = rec["ns"][row] / rec["ns"][ref]
+            add(f"{row}: <= {limit:.1f}x {ref}", f"{ratio:.2f}", ratio <= limit)
+        changed = rec["ns"]["read() of a changed Student"]
+        add(f"read() of a changed Student <= {READ_CHANGED_NS:.0f} ns", f"{changed:.0f} ns",
+            changed <= READ_CHANGED_NS)
     if micro_res is not None:
         for op, limit in TARGETS_MICRO.items():
             ratio = micro_res["ratio"][op]["mmapipc"]
@@ -632,11 +746,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mmapipc-bench-") as d:
         tmp = Path(d)
         micro_res = None
+        records_res = None
         if not args.no_micro:
             micro_res = micro(tmp, args.quick)
             results["micro"] = micro_res
             print("\n## Operations (ns per operation)\n")
             print(micro_markdown(micro_res))
+            records_res = records(tmp, args.quick)
+            results["records"] = records_res
+            print("\n## Records (ns per operation)\n")
+            print(records_markdown(records_res))
         exe = build_writer(tmp)
         watch_res: dict[str, dict[str, Any]] = {}
         if exe is not None:
@@ -646,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n## Watching a C writer at {args.rate:g} Hz for {seconds:g} s"
                   " (reader in another process)\n")
             print(watch_markdown(list(watch_res.values())))
-    rows = targets(micro_res, watch_res)
+    rows = targets(micro_res, watch_res, records_res)
     results["targets"] = rows
     print("\n## Targets\n")
     print(targets_markdown(rows))

@@ -206,6 +206,7 @@ def run_case(exe: Path, tmp: Path, label: str, writer: list[str], reader: dict[s
         "cpu_percent": 100 * data["cpu_ns"] / data["wall_ns"],
         "late_polls": data["stats"].get("late_polls", 0),
         "polls": data["stats"].get("polls", 0), "reader": reader.get("how", "mmapipc"),
+        "latencies_us": [round(x, 1) for x in lat[:50]],
     }
 
 

@@ -432,7 +432,7 @@ static int next_component(struct walk *w, char *name, size_t cap)
     size_t n;
     while (*p == '/')
         p++;
-    end = strchrnul(p, '/');
+    end = p + strcspn(p, "/");
     n = (size_t)(end - p);
     if (n == 0 || n >= cap) {
         errno = n == 0 ? ENOENT : ENAMETOOLONG;
@@ -460,9 +460,10 @@ static int expand_link(struct walk *w, int fd)
         errno = w->links > MAX_LINKS ? ELOOP : ENAMETOOLONG;
         return MMAPIPC_EOS;
     }
-    memmove(w->rest + n + 1, w->rest, rest + 1);
+    memmove(w->rest + n + (rest > 0), w->rest, rest + 1);
     memcpy(w->rest, target, (size_t)n);
-    w->rest[n] = '/';
+    if (rest > 0)
+        w->rest[n] = '/';
     if (target[0] == '/') {
         int root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
         if (root < 0)
@@ -736,12 +737,22 @@ static int check_file(mmapipc_channel *ch, int64_t now)
     return check_size(ch);
 }
 
-static int check_file_if_due(mmapipc_channel *ch)
+/* Check the file at most every `every` ns: check_ns for reads and writes;
+ * WAIT_CHECKS times that for a wait's looks, which see a truncation as a
+ * change of the fields anyway (zeros past the end, or a fault). */
+static int check_file_every(mmapipc_channel *ch, int64_t every)
 {
     int64_t now = now_ns();
     /* once found short, every call asks until the file is long enough again */
-    return ch->short_file || now - ch->checked_at >= ch->check_ns ? check_file(ch, now) : 0;
+    return ch->short_file || now - ch->checked_at >= every ? check_file(ch, now) : 0;
 }
+
+static int check_file_if_due(mmapipc_channel *ch)
+{
+    return check_file_every(ch, ch->check_ns);
+}
+
+#define WAIT_CHECKS 5
 
 /* ---- stores ------------------------------------------------------------ */
 
@@ -1067,10 +1078,10 @@ static int moved_guarded(mmapipc_channel *ch, uint32_t *word, int *notify)
     return rc;
 }
 
-static int poll_locked(mmapipc_channel *ch, uint32_t *word, int *notify)
+static int poll_locked(mmapipc_channel *ch, int64_t every, uint32_t *word, int *notify)
 {
     uint64_t reopened = ch->st.reopened;
-    int rc = check_file_if_due(ch);
+    int rc = check_file_every(ch, every);
     *notify = 0;
     if (rc != 0)
         return rc;
@@ -1084,7 +1095,7 @@ int mmapipc_poll(mmapipc_channel *ch)
         return rc;
     uint32_t word;
     int notify;
-    return leave(ch, poll_locked(ch, &word, &notify));
+    return leave(ch, poll_locked(ch, ch->check_ns, &word, &notify));
 }
 
 /* ---- waiting ----------------------------------------------------------- */
@@ -1155,7 +1166,7 @@ static int64_t next_look(const mmapipc_channel *ch, int64_t now)
  * the bound planned for it is counted: a late wake-up, not the design. */
 static int look(mmapipc_channel *ch, int64_t now, int64_t bound, uint32_t *word, int *notify)
 {
-    int rc = poll_locked(ch, word, notify);
+    int rc = poll_locked(ch, WAIT_CHECKS * ch->check_ns, word, notify);
     ch->st.polls++;
     if (bound > 0 && now > bound)
         ch->st.late_polls++;

@@ -1,20 +1,29 @@
 """mmapipc: exchange C structs with unrelated C processes through a MAP_SHARED file."""
 
-from mmapipc.errors import (
-    FileReplacedError,
-    FileTooShortError,
-    MmapipcError,
-    MmapipcOSError,
-    NotRegularFileError,
-    SymlinkError,
-    UnsafeFileError,
-    UnstableRecordError,
-    WouldShrinkError,
-)
+from mmapipc._base import MmapipcError
 from mmapipc.layout import Field, Layout, LayoutCheckError, LayoutError, LayoutRecord
-from mmapipc.loops import read_loop, write_loop
-from mmapipc.mapping import Reader, Writer, install_fault_guard
-from mmapipc.record import RECORD_SIZE, Student
+
+try:
+    from mmapipc.errors import (
+        FileReplacedError,
+        FileTooShortError,
+        MmapipcOSError,
+        NotRegularFileError,
+        SymlinkError,
+        UnsafeFileError,
+        UnstableRecordError,
+        WouldShrinkError,
+    )
+    from mmapipc.loops import read_loop, write_loop
+    from mmapipc.mapping import Reader, Writer, install_fault_guard
+    from mmapipc.record import RECORD_SIZE, Student
+except ImportError as _core_error:  # no compiled core: layouts work, mappings do not
+    if "compiled core" not in str(_core_error):
+        raise
+    _missing = str(_core_error)
+
+    def __getattr__(name: str) -> object:
+        raise ImportError(f"mmapipc.{name}: {_missing}")
 
 __all__ = [
     "RECORD_SIZE",

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from mmapipc import __version__, loops
 from mmapipc.errors import not_regular
 from mmapipc.mapping import IDLE_GAP, MAX_GAP, Reader
-from mmapipc.record import OFFSETS, PADDING, RECORD_SIZE, Student
+from mmapipc.record import STUDENT, Student
 
 if TYPE_CHECKING:
     from mmapipc.layout import Layout
@@ -158,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--check", action="store_true",
                     help="compile a probe with the C compiler and compare every offset")
     la.add_argument("--cc", metavar="CC", default=None,
-                    help="C compiler command for --check (default: $CC, cc, gcc or clang)")
+                    help="C compiler command (default: $CC, cc, gcc or clang; flags $CFLAGS)")
+    la.add_argument("--json", action="store_true",
+                    help="print the layout as JSON: name, size, align, source, fields")
+    _compiler_options(la)
 
     de = sub.add_parser("demo", help="show writers and readers talking, C and Python")
     de.add_argument("--seconds", type=_seconds, metavar="SEC", default=4.0,
@@ -204,6 +207,14 @@ def _struct_options(p: argparse.ArgumentParser) -> None:
                    help="C header declaring the record's struct (instead of struct STU)")
     p.add_argument("--struct", metavar="NAME", default=None,
                    help="the struct in --struct-file: 'struct name', its tag or a typedef")
+    _compiler_options(p)
+
+
+def _compiler_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-I", "--include-dir", action="append", default=[], metavar="DIR",
+                   help="a directory the C compiler searches for the header's includes")
+    p.add_argument("-D", "--define", action="append", default=[], metavar="NAME[=VALUE]",
+                   help="a macro defined for the C compiler while laying out the struct")
 
 
 def _output_options(p: argparse.ArgumentParser) -> None:
@@ -225,7 +236,8 @@ def _layout(args: argparse.Namespace) -> Layout | None:
     from mmapipc.layout import Layout
 
     _check_header(args.struct_file)
-    return Layout.from_file(args.struct_file, args.struct)
+    return Layout.from_file(args.struct_file, args.struct, include_dirs=args.include_dir,
+                            defines=args.define)
 
 
 def _check_header(path: str) -> None:
@@ -240,12 +252,12 @@ def _check_header(path: str) -> None:
 
 
 def _formatter(args: argparse.Namespace, layout: Layout | None) -> loops.Formatter:
+    codec = layout if layout is not None else STUDENT
     if args.json:
-        return loops.json_line
+        return codec.json_line
     if args.format is not None:
-        sample = layout.zero if layout is not None else loops.DEFAULT_STUDENT
-        return loops.format_line(args.format, sample)
-    return layout.line if layout is not None else loops.c_line
+        return codec.formatter(args.format)
+    return codec.line
 
 
 def _cmd_write(args: argparse.Namespace) -> int:
@@ -295,42 +307,14 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
-def dump_text(record: Student, raw: bytes) -> str:
-    """The record decoded, then its bytes in hex by field with their offsets."""
-    spans = [("id", OFFSETS["id"], 4), ("name", OFFSETS["name"], 20),
-             ("sex", OFFSETS["sex"], 1), ("padding", PADDING[0], PADDING[1])]
-    lines = [f"id={record.id}\tname={record.name!r}\tsex={record.sex!r}",
-             f"{'offset':>6}  {'field':<8} bytes"]
-    for field, off, size in spans:
-        lines.append(f"{off:>6}  {field:<8} {raw[off:off + size].hex(' ')}")
-    lines.append(f"{RECORD_SIZE:>6}  (size)")
-    return "\n".join(lines) + "\n"
-
-
-def layout_dump_text(layout: Layout, record: Any, raw: bytes) -> bytes:
-    """A record of any layout decoded, then its bytes in hex by member and padding."""
-    rows = [(f.offset, f.size, f.name) for f in layout.leaves]
-    rows += [(off, length, "(padding)") for off, length in layout.padding]
-    rows.sort(key=lambda r: r[0])
-    width = max([len(r[2]) for r in rows] + [5])
-    lines = [layout.line(record).rstrip(b"\n"),
-             f"{'offset':>6}  {'field':<{width}} bytes".encode()]
-    for off, size, name in rows:
-        lines.append(f"{off:>6}  {name:<{width}} {raw[off:off + size].hex(' ')}".encode())
-    lines.append(f"{layout.size:>6}  (size)".encode())
-    return b"\n".join(lines) + b"\n"
-
-
 def _cmd_dump(args: argparse.Namespace) -> int:
     layout = _layout(args)
-    reader: Reader[Any] = Reader(args.file, layout=layout)
+    codec = layout if layout is not None else STUDENT
+    reader: Reader[Any] = Reader(args.file, layout=codec)
     with reader:
         record = reader.read()
         raw = reader.raw_bytes()
-    if layout is not None:
-        loops.emit(sys.stdout, layout_dump_text(layout, record, raw))
-        return 0
-    loops.emit(sys.stdout, dump_text(record, raw).encode("utf-8", "surrogateescape"))
+    loops.emit(sys.stdout, codec.dump(record, raw))
     return 0
 
 
@@ -339,8 +323,8 @@ def _cmd_layout(args: argparse.Namespace) -> int:
     from mmapipc.peers import CompilerError, find_compiler
 
     _check_header(args.header)
-    layout = Layout.from_file(args.header, args.struct)
-    loops.emit(sys.stdout, layout.table().encode("utf-8", "surrogateescape"))
+    layout = Layout.from_file(args.header, args.struct, include_dirs=args.include_dir,
+                              defines=args.define, cc=args.cc)
     if args.check:
         try:
             cc = args.cc or find_compiler()
@@ -348,8 +332,13 @@ def _cmd_layout(args: argparse.Namespace) -> int:
             raise ValueError(str(e)) from None
         if not cc:
             raise ValueError("--check needs a C compiler (set CC, or install cc/gcc/clang)")
-        report = layout.check(cc)
-        loops.emit(sys.stdout, f"check: {report}\n".encode())
+        report = layout.check(cc if args.cc else None)
+    if args.json:
+        loops.emit(sys.stdout, layout.to_json().encode("utf-8", "surrogateescape"))
+    else:
+        loops.emit(sys.stdout, layout.table().encode("utf-8", "surrogateescape"))
+    if args.check:
+        loops.emit(sys.stderr if args.json else sys.stdout, f"check: {report}\n".encode())
     return 0
 
 

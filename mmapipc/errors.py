@@ -7,13 +7,10 @@ import os
 import stat
 from typing import Union
 
+from mmapipc._base import MmapipcError
 from mmapipc._ffi import ffi, lib
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-class MmapipcError(Exception):
-    """Base of the errors that errno cannot express."""
 
 
 class MmapipcOSError(MmapipcError, OSError):

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import operator
 import re
+import string
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from mmapipc.record import decode_text, encode_text
+from mmapipc._base import MmapipcError
 
 Value = Any
 Flat = list[Any]  # values for struct.pack, in layout order
@@ -25,6 +26,39 @@ Flat = list[Any]  # values for struct.pack, in layout order
 _F32 = struct.Struct("=f")
 _NAME = re.compile(r"[A-Za-z_]\w*")
 _INDEX = re.compile(r"\[(\d+)\]")
+
+
+class LayoutError(MmapipcError, ValueError):
+    """A C declaration that cannot be laid out, or a struct that cannot be shared safely."""
+
+
+def encode_text(value: str | bytes, field: str) -> bytes:
+    """Text as C bytes: UTF-8, with undecodable bytes (surrogates) given back as they were."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    raise TypeError(f"{field} must be str or bytes, not {type(value).__name__}")
+
+
+def decode_text(raw: bytes) -> str:
+    """C bytes as text, losslessly: bytes that are not UTF-8 become surrogates."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def check_field_name(top: str, path: str, name: str) -> None:
+    """Refuse a member name that Python reserves on a record class (__x__ names)."""
+    if not _NAME.fullmatch(name):
+        raise LayoutError(f"{top}: field {path}: {name!r} is not a C identifier")
+    if name.startswith("__") and name.endswith("__"):
+        raise LayoutError(f"{top}: field {path}: names of the form __x__ are Python's own"
+                          " (a record could not have one as a field); rename the member")
+
+
+def class_name(base: str) -> str:
+    """A Python class name for a struct (its tag or typedef name)."""
+    base = re.sub(r"\W", "_", base.split()[-1] if base.split() else "record")
+    return base if base and not base[0].isdigit() else f"_{base}"
 
 
 def parse_path(path: str) -> list[str | int]:
@@ -441,7 +475,7 @@ class StructNode(Node):
     kind = "struct"
 
     def __init__(self, ctype: str, size: int, members: Sequence[tuple[str, int, Node]],
-                 class_name: str) -> None:
+                 class_name: str, record_class: type[LayoutRecord] | None = None) -> None:
         self.ctype = ctype
         self.size = size
         self.members = tuple(members)
@@ -452,7 +486,12 @@ class StructNode(Node):
         self.packer = struct.Struct(struct_format(items, size))
         if self.packer.size != size:
             raise ValueError(f"{ctype}: members end past its size {size}")
-        self.record_class: type[LayoutRecord] = _make_record_class(class_name, self)
+        if record_class is None:
+            record_class = _make_record_class(class_name, self)
+        else:  # a hand-written record class (Student) for this struct
+            record_class.__mmapipc_node__ = self
+        self.record_class: type[LayoutRecord] = record_class
+        self.decode_fast = _decoder(self)
 
     def items(self, offset: int, out: list[tuple[int, str, int]]) -> None:
         for _, off, node in self.members:
@@ -503,8 +542,7 @@ class StructNode(Node):
 
     def decode(self, data: bytes) -> LayoutRecord:
         """A record from exactly size bytes; never raises for bytes of that size."""
-        record = self.build(self.packer.unpack(data), 0)[0]
-        assert isinstance(record, LayoutRecord)
+        record: LayoutRecord = self.decode_fast(data)
         return record
 
     def zero(self) -> Value:
@@ -582,8 +620,7 @@ class LayoutRecord:
             node_.check(given[name], name) if name in given else node_.zero()
             for name, _, node_ in node.members
         )
-        object.__setattr__(self, "__mmapipc_values__", vals)
-        object.__setattr__(self, "__mmapipc_bytes__", None)
+        _set_values(self, vals)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Any:
@@ -602,11 +639,12 @@ class LayoutRecord:
 
     def to_bytes(self) -> bytes:
         """The C struct's bytes, padding zero."""
-        data = self.__mmapipc_bytes__
-        if data is None:
+        try:
+            return self.__mmapipc_bytes__  # type: ignore[return-value]
+        except AttributeError:  # not yet packed (a decoded or a nested record)
             data = type(self).__mmapipc_node__.encode(self)
-            object.__setattr__(self, "__mmapipc_bytes__", data)
-        return data
+            _set_bytes(self, data)
+            return data
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as plain data: nested structs as dicts, arrays as lists."""
@@ -650,11 +688,15 @@ class LayoutRecord:
         return f"{type(self).__name__}({inner})"
 
 
+_set_values = LayoutRecord.__dict__["__mmapipc_values__"].__set__
+_set_bytes = LayoutRecord.__dict__["__mmapipc_bytes__"].__set__
+_object_new = object.__new__
+
+
 def _new(cls: type[LayoutRecord], values: tuple[Any, ...]) -> Any:
     """A record of cls holding checked values (no validation)."""
-    self = object.__new__(cls)
-    object.__setattr__(self, "__mmapipc_values__", values)
-    object.__setattr__(self, "__mmapipc_bytes__", None)
+    self = _object_new(cls)
+    _set_values(self, values)
     return self
 
 
@@ -679,11 +721,90 @@ def _make_record_class(name: str, node: StructNode) -> type[LayoutRecord]:
     return type(name, (LayoutRecord,), namespace)
 
 
-def record_fields(record: LayoutRecord) -> dict[str, Any]:
-    """The record's fields by name (records and tuples), for str.format_map:
-    '{pos.x}', '{vals[0]}', '{parts[1].x}'."""
-    node = type(record).__mmapipc_node__
-    return dict(zip(node.names, record.__mmapipc_values__, strict=True))
+_SPEC = re.compile(r"(?:.?[<>=^])?[-+ ]?z?#?0?(\d*)[_,]?(?:\.(\d+))?[bcdeEfFgGnosxX%]?",
+                   re.S)
+MAX_WIDTH = 1000  # the widest field or precision a template may ask for
+
+
+def safe_formatter(template: str) -> Callable[[LayoutRecord], str]:
+    """A str.format-like template over a record's fields, limited to what is safe:
+    field names and paths ('{id}', '{pos.x}', '{vals[0]}', '{parts[1].x:.2f}'),
+    !s or !r, and format specs of at most MAX_WIDTH characters of width or precision.
+    No attribute access beyond the record's own fields, no nested fields in a spec.
+    ValueError (one line) for anything else."""
+    bad = f"bad --format {template!r}"
+    if not isinstance(template, str):
+        raise TypeError("a format template must be str")
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise ValueError(f"{bad}: {e}") from None
+    parts: list[tuple[str, list[str | int] | None, str, str | None, str]] = []
+    for literal, field, spec, conv in parsed:
+        if field is None:
+            parts.append((literal, None, "", None, ""))
+            continue
+        if field == "" or field.isdigit():
+            raise ValueError(f"{bad}: name the field, as {{id}} (no positional fields)")
+        try:
+            steps = parse_path(field)
+        except ValueError:
+            raise ValueError(f"{bad}: {field!r} is not a field path (a.b, a[1])") from None
+        if conv not in (None, "s", "r"):
+            raise ValueError(f"{bad}: only !s and !r conversions are allowed")
+        spec = spec or ""
+        if "{" in spec or "}" in spec:
+            raise ValueError(f"{bad}: no fields inside a format spec")
+        m = _SPEC.fullmatch(spec)
+        if m is None:
+            raise ValueError(f"{bad}: {spec!r} is not a format spec")
+        for number in m.groups():
+            if number and (len(number) > 4 or int(number) > MAX_WIDTH):
+                raise ValueError(f"{bad}: widths and precisions are at most {MAX_WIDTH}")
+        parts.append((literal, steps, spec, conv, field))
+
+    def fmt(record: LayoutRecord) -> str:
+        out: list[str] = []
+        for literal, steps, spec, conv, field in parts:
+            out.append(literal)
+            if steps is None:
+                continue
+            try:
+                value = _lookup(record, steps, field)
+            except ValueError as e:
+                raise ValueError(f"{bad}: {e}") from None
+            if conv == "r":
+                value = repr(value)
+            elif conv == "s":
+                value = str(value)
+            try:
+                out.append(format(value, spec))
+            except (ValueError, TypeError, OverflowError) as e:  # e.g. {id:c} of a big id
+                raise ValueError(f"{bad}: {field}={value!r}: {e}") from None
+        return "".join(out)
+
+    return fmt
+
+
+def _lookup(record: Any, steps: Sequence[str | int], field: str) -> Any:
+    """The value at a path, through records' fields and tuples' elements only."""
+    value = record
+    for step in steps:
+        if isinstance(step, str):
+            if not isinstance(value, LayoutRecord):
+                raise ValueError(f"unknown field {field!r}: not a struct there")
+            node = type(value).__mmapipc_node__
+            k = node.index.get(step)
+            if k is None:
+                raise ValueError(f"unknown field {field!r}")
+            value = value.__mmapipc_values__[k]
+        else:
+            if not isinstance(value, tuple):
+                raise ValueError(f"unknown field {field!r}: not an array there")
+            if step >= len(value):
+                raise ValueError(f"unknown field {field!r}: index out of range")
+            value = value[step]
+    return value
 
 
 def record_pairs(record: LayoutRecord) -> list[str]:
@@ -693,8 +814,100 @@ def record_pairs(record: LayoutRecord) -> list[str]:
     return out
 
 
+def item_count(node: Node) -> int:
+    """How many values the node unpacks to one by one (an array of numbers is one)."""
+    if isinstance(node, StructNode):
+        return sum(item_count(child) for _, _, child in node.members)
+    if isinstance(node, ArrayNode) and not node.direct:
+        return node.length * item_count(node.item)
+    return 1
+
+
 def expands(node: Node) -> bool:
     """Is this an array shown element by element (it holds structs)?"""
     if not isinstance(node, ArrayNode):
         return False
     return isinstance(node.item, StructNode) or expands(node.item)
+
+
+def _decoder(root: StructNode) -> Callable[[bytes], Any]:
+    """A decoder for the struct made for it: one unpack and one expression building the
+    record, without a Python call per member (the generated code names only values and
+    classes, never a member)."""
+    env: dict[str, Any] = {"_unpack": root.packer.unpack, "_new": _new,
+                           "_error": struct.error, "_bad": _bad_size(root)}
+    budget = [4096]  # expressions longer than this many items fall back to build()
+
+    def ref(value: Any) -> str:
+        key = f"_k{len(env)}"
+        env[key] = value
+        return key
+
+    def expr(node: Node, i: int) -> tuple[str, int]:
+        budget[0] -= 1
+        if type(node) in (IntNode, FloatNode, BoolNode):
+            return f"v[{i}]", i + 1
+        if type(node) is TextNode:
+            return f'v[{i}].partition(b"\\0")[0].decode("utf-8", "surrogateescape")', i + 1
+        if type(node) is CharNode:
+            return (f'("" if v[{i}] == b"\\0" else v[{i}].decode("utf-8",'
+                    f' "surrogateescape"))'), i + 1
+        if isinstance(node, ArrayNode) and node.direct:
+            return f"v[{i}:{i + node.length}]", i + node.length
+        if isinstance(node, ArrayNode) and budget[0] > node.length:
+            parts = []
+            for _ in range(node.length):
+                e, i = expr(node.item, i)
+                parts.append(e)
+            return "(" + ", ".join(parts) + ",)", i
+        if isinstance(node, StructNode) and budget[0] > len(node.members):
+            parts = []
+            for _, _, child in node.members:
+                e, i = expr(child, i)
+                parts.append(e)
+            return f"_new({ref(node.record_class)}, (" + ", ".join(parts) + ",))", i
+        items: list[tuple[int, str, int]] = []
+        node.items(0, items)
+        count = len(node.packer.unpack(bytes(node.size))) if isinstance(
+            node, StructNode) else sum(_count_items(code) for _, code, _ in items)
+        return f"{ref(node.build)}(v, {i})[0]", i + count
+
+    body, _ = expr(root, 0)
+    source = ("def decode(data):\n    try:\n        v = _unpack(data)\n"
+              "    except _error:\n        raise _bad(data) from None\n"
+              f"    return {body}\n")
+    try:
+        exec(compile(source, f"<decoder of {root.ctype}>", "exec"), env)
+    except (SyntaxError, RecursionError, MemoryError):  # too deeply nested to be one expression
+        unpack, build, bad = root.packer.unpack, root.build, env["_bad"]
+
+        def generic(data: bytes) -> Any:
+            try:
+                v = unpack(data)
+            except struct.error:
+                raise bad(data) from None
+            return build(v, 0)[0]
+
+        return generic
+    decode: Callable[[bytes], Any] = env["decode"]
+    return decode
+
+
+def _bad_size(root: StructNode) -> Callable[[Any], ValueError]:
+    def bad(data: Any) -> ValueError:
+        try:
+            n = len(data)
+        except TypeError:
+            return ValueError(f"a {root.ctype} is decoded from bytes, not"
+                              f" {type(data).__name__}")
+        return ValueError(f"a {root.ctype} is {root.size} bytes, got {n}")
+
+    return bad
+
+
+def _count_items(code: str) -> int:
+    """How many values struct.unpack gives for one item code ('5i': 5, '16s': 1)."""
+    digits = code[:-1]
+    if code[-1] in "sp":
+        return 1
+    return int(digits) if digits else 1

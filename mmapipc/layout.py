@@ -1,20 +1,27 @@
-"""Record layouts of any C struct, from its declaration, laid out as the C ABI does.
+"""Record layouts of any C struct, taken from the C compiler, and the codec of its records.
 
-``Layout.from_c(text, "struct sensor")`` parses the declaration with cffi (a fresh
-``cffi.FFI`` per layout, ABI mode: no compiler needed) and computes the size and
-every member's offset.  The layout is a codec for ``Writer`` and ``Reader``
-(``layout=``): it encodes a record (its generated record class, or a dict) to the
-struct's bytes with zero padding, decodes any bytes of that size, and keeps the
-sequence lock in three padding bytes when the struct has them.  ``check()`` compares
-the layout with what the system C compiler makes of the same declaration.
+``Layout.from_file("sensor.h", "struct sensor")`` compiles a probe that includes the
+header (``cc -g -c``: nothing is linked or run) and reads the struct's layout from the
+compiler's debug information (mmapipc.dwarf): the layout is the compiler's own, for
+any header it accepts.  Without a C compiler, plain declarations are laid out by cffi's
+parser (mmapipc.cffi_layout); a header that needs a preprocessor is then refused.
+
+The layout is a codec for ``Writer`` and ``Reader`` (``layout=``): it encodes a record
+(its generated record class, or a dict) to the struct's bytes with zero padding,
+decodes any bytes of that size, and keeps the sequence lock in three padding bytes when
+the struct has them.  ``check()`` compiles and runs a probe that cross-checks the layout
+with the compiler: it executes code built from the header.
+
+This module needs neither mmapipc's compiled core nor a mapping: a build tool can lay
+out structs with only a C compiler, pyelftools and cffi.
 """
 
 from __future__ import annotations
 
-import itertools
+import json
 import os
 import re
-import shlex
+import stat
 import subprocess
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -22,13 +29,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmapipc.cdecl import LayoutError, Statement, cdef, preprocess
+from mmapipc.cffi_layout import layout_from_cffi
+from mmapipc.dwarf import (
+    TIMEOUT,
+    Compiler,
+    CompilerError,
+    include_line,
+    layout_from_compiler,
+    run_probe,
+)
 from mmapipc.fields import (
     ArrayNode,
     BoolNode,
     CharNode,
     FloatNode,
     IntNode,
+    LayoutError,
     LayoutRecord,
     Node,
     StructNode,
@@ -36,18 +52,18 @@ from mmapipc.fields import (
     expands,
     join_path,
     parse_path,
-    record_fields,
     record_pairs,
+    safe_formatter,
 )
 
 __all__ = ["CheckReport", "Field", "Layout", "LayoutCheckError", "LayoutError",
            "LayoutRecord"]
 
-_FLOATS = {"float": 4, "double": 8}
 # Arrays of structs longer than this are shown (and checked) by their first elements
 # and their last one.
 _SAMPLE = 8
 _HEAD = 3
+MAX_HEADER = 1 << 22  # bytes of header text read (4 MiB)
 
 
 class LayoutCheckError(LayoutError):
@@ -73,31 +89,36 @@ class CheckReport:
     size: int
     align: int
     offsets: int  # how many member offsets (and sizes) were compared
+    values: int = 0  # how many values the C program read back as Python wrote them
 
     def __str__(self) -> str:
         return (f"{self.compiler} agrees: size {self.size}, alignment {self.align},"
-                f" {self.offsets} member offsets and sizes")
+                f" {self.offsets} member offsets and sizes, {self.values} values read back")
 
 
 class Layout:
     """The layout of one C struct, and the codec of its records.
 
-    Attributes: ``name`` (the C type), ``size``, ``align``, ``fields`` (the top-level
-    members), ``members`` (every member, nested ones with their paths), ``leaves``
-    (the members that hold bytes themselves: numbers, text, arrays of them), ``padding``
-    ((offset, length) runs), ``lock_offsets`` ((marker, seq) padding offsets, or None
-    when no 3-byte padding run exists: readers then compare two copies), ``Record``
-    (the generated immutable record class, also ``record_class``).
+    Attributes: ``name`` (the C type), ``size``, ``align``, ``origin`` ("dwarf": from
+    the compiler, or "cffi": cffi's parser), ``fields`` (the top-level members),
+    ``members`` (every member, nested ones with their paths), ``leaves`` (the members
+    that hold bytes themselves: numbers, text, arrays of them), ``padding`` ((offset,
+    length) runs), ``lock_offsets`` ((marker, seq) padding offsets, or None when no
+    3-byte padding run exists: readers then compare two copies), ``Record`` (the
+    generated immutable record class, also ``record_class``).
     """
 
     def __init__(self, name: str, root: StructNode, align: int, source: str,
-                 filename: str, include_dir: str | None) -> None:
+                 filename: str, *, origin: str = "cffi", header: Path | None = None,
+                 compiler: Compiler | None = None) -> None:
         self.name = name
         self.size: int = root.size
         self.align = align
         self.source = source
         self.filename = filename
-        self.include_dir = include_dir
+        self.origin = origin
+        self.header = header
+        self.compiler = compiler
         self._root = root
         self.Record: type[LayoutRecord] = root.record_class
         self.record_class = self.Record
@@ -112,36 +133,71 @@ class Layout:
         self.padding: tuple[tuple[int, int], ...] = _padding(root)
         self.lock_offsets: tuple[int, int] | None = _lock_offsets(self.padding)
         self.zero: LayoutRecord = root.zero()
+        # decode() is the generated decoder itself: a Reader calls it for every change
+        self.decode = root.decode_fast  # type: ignore[method-assign,assignment]
 
     # ---- construction -----------------------------------------------------------
 
     @classmethod
     def from_c(cls, source: str, name: str, *, filename: str = "<source>",
-               include_dir: str | None = None) -> Layout:
-        """Parse C declarations (a header's text) and lay out the struct called name:
-        'struct sensor', 'sensor' (the tag) or a typedef name.  LayoutError if the text
-        cannot be parsed or the struct holds what cannot be shared (pointers, bitfields,
-        flexible arrays, unions, long double)."""
+               include_dirs: Sequence[str | os.PathLike[str]] = (),
+               defines: Mapping[str, str | None] | Sequence[str] = (),
+               cc: str | Sequence[str] | None = None, cflags: Sequence[str] | None = None,
+               timeout: float = TIMEOUT, use_compiler: bool | None = None) -> Layout:
+        """Lay out the struct called name ('struct sensor', its tag or a typedef name)
+        declared by C text (a header's contents).
+
+        With a C compiler (cc, else $CC, cc, gcc or clang; flags $CFLAGS unless cflags;
+        -I include_dirs, -D defines) the layout is read from the compiler's debug
+        information: the header is compiled, nothing is run.  Without one (or with
+        use_compiler=False) cffi's parser lays out plain declarations.  use_compiler=True
+        requires the compiler.  LayoutError if the struct cannot be laid out or holds
+        what cannot be shared (pointers, unions, bitfields, flexible arrays, long double).
+        """
         if not isinstance(source, str):
             raise TypeError(f"source must be C text (str), not {type(source).__name__}")
-        name = " ".join(name.split())
-        if not name:
-            raise LayoutError("no struct name given")
-        statements = preprocess(source)
-        ffi = cdef(statements, filename)
-        ctype, cname = _resolve(ffi, name, statements, filename)
-        cache: dict[str, StructNode] = {}
-        root = _struct_node(ffi, ctype, "", cname, cache)
-        assert isinstance(root, StructNode)
-        _refuse_problems(statements, set(cache) | {cname, name}, cname)
-        return cls(cname, root, int(ffi.alignof(ctype)), source, filename, include_dir)
+        with tempfile.TemporaryDirectory(prefix="mmapipc-header-") as tmp:
+            header = Path(tmp, "decl.h")
+            header.write_text(source, encoding="utf-8", errors="surrogateescape")
+            return cls._build(source, name, filename, header, include_dirs, defines, cc,
+                              cflags, timeout, use_compiler, keep_header=False)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], name: str) -> Layout:
-        """Layout.from_c on a header file (its directory is searched by check())."""
+    def from_file(cls, path: str | os.PathLike[str], name: str, *,
+                  include_dirs: Sequence[str | os.PathLike[str]] = (),
+                  defines: Mapping[str, str | None] | Sequence[str] = (),
+                  cc: str | Sequence[str] | None = None, cflags: Sequence[str] | None = None,
+                  timeout: float = TIMEOUT, use_compiler: bool | None = None) -> Layout:
+        """Layout.from_c on a header file, compiled where it is (its own #include "..."
+        lines find their files).  The path must be a regular file of at most 4 MiB."""
         p = Path(path)
-        text = p.read_text(encoding="utf-8", errors="surrogateescape")
-        return cls.from_c(text, name, filename=str(p), include_dir=str(p.resolve().parent))
+        source = read_header(p)
+        return cls._build(source, name, str(p), p, include_dirs, defines, cc, cflags,
+                          timeout, use_compiler, keep_header=True)
+
+    @classmethod
+    def _build(cls, source: str, name: str, filename: str, header: Path,
+               include_dirs: Sequence[str | os.PathLike[str]],
+               defines: Mapping[str, str | None] | Sequence[str],
+               cc: str | Sequence[str] | None, cflags: Sequence[str] | None,
+               timeout: float, use_compiler: bool | None, keep_header: bool) -> Layout:
+        if not isinstance(name, str) or not " ".join(name.split()):
+            raise LayoutError("no struct name given")
+        name = " ".join(name.split())
+        compiler = None
+        if use_compiler is not False:
+            compiler = Compiler.find(cc, cflags, include_dirs, defines, timeout)
+            if compiler is None and use_compiler:
+                raise CompilerError("no C compiler found (set CC, or install cc/gcc/clang)")
+        if compiler is None:
+            if include_dirs or defines:
+                raise LayoutError("include directories and defines need a C compiler (set"
+                                  " CC, or install cc/gcc/clang)")
+            root, align, cname = layout_from_cffi(source, name, filename)
+            return cls(cname, root, align, source, filename, origin="cffi")
+        root, align, cname = layout_from_compiler(compiler, header, name, filename)
+        return cls(cname, root, align, source, filename, origin="dwarf",
+                   header=header if keep_header else None, compiler=compiler)
 
     # ---- the codec ----------------------------------------------------------------
 
@@ -161,7 +217,8 @@ class Layout:
         """A record from any bytes of the struct's size (never raises for those)."""
         if len(data) != self.size:
             raise ValueError(f"a {self.name} is {self.size} bytes, got {len(data)}")
-        return self._root.decode(bytes(data))
+        record: LayoutRecord = self._root.decode_fast(data)
+        return record
 
     def decode_dict(self, data: bytes) -> dict[str, Any]:
         """The fields of the struct's bytes as plain data (nested dicts, lists)."""
@@ -248,9 +305,39 @@ class Layout:
         """The pairs separated by tabs, with a newline; text as its raw bytes."""
         return ("\t".join(record_pairs(record)) + "\n").encode("utf-8", "surrogateescape")
 
-    def format_fields(self, record: LayoutRecord) -> dict[str, Any]:
-        """What a --format string sees: '{id}', '{pos.x}', '{vals[0]}', '{parts[1].x}'."""
-        return record_fields(record)
+    def json_line(self, record: LayoutRecord) -> bytes:
+        """One JSON Lines record (nested structs as objects, arrays as lists)."""
+        return (json.dumps(LayoutRecord.as_dict(record)) + "\n").encode("utf-8")
+
+    def formatter(self, template: str) -> Callable[[LayoutRecord], bytes]:
+        """A line maker from a template over the fields ('{id} {pos.x:.2f}'), checked
+        on a zero record first: ValueError (one line) for a bad template."""
+        fmt = safe_formatter(template)
+        fmt(self.zero)  # ValueError now, not at the first record
+
+        def line(record: LayoutRecord) -> bytes:
+            return (fmt(record) + "\n").encode("utf-8", "surrogateescape")
+
+        return line
+
+    def dump(self, record: LayoutRecord, raw: bytes) -> bytes:
+        """The record decoded, then its bytes in hex by member and padding."""
+        rows = [(f.offset, f.size, f.name) for f in self.leaves]
+        rows += [(off, length, "(padding)") for off, length in self.padding]
+        rows.sort(key=lambda r: r[0])
+        width = max([len(r[2]) for r in rows] + [5])
+        lines = [self.line(record).rstrip(b"\n"),
+                 f"{'offset':>6}  {'field':<{width}} bytes".encode()]
+        for off, size, name in rows:
+            lines.append(f"{off:>6}  {name:<{width}} {raw[off:off + size].hex(' ')}".encode())
+        lines.append(f"{self.size:>6}  (size)".encode())
+        return b"\n".join(lines) + b"\n"
+
+    def laid_out_by(self) -> str:
+        """Where the layout came from, in words."""
+        if self.compiler is not None:
+            return f"laid out by {self.compiler.command[0]} (its debug information)"
+        return "laid out by cffi's parser (no C compiler)"
 
     def table(self) -> str:
         """Every member with its offset, size and C type, and the padding between."""
@@ -268,7 +355,7 @@ class Layout:
                 rows.append((off, length, "", "(padding)"))
         rows.sort(key=lambda r: r[0])
         width = max([len(r[2]) for r in rows] + [6])
-        out = [f"{self.name}: {self.size} bytes, aligned to {self.align}",
+        out = [f"{self.name}: {self.size} bytes, aligned to {self.align}; {self.laid_out_by()}",
                f"{'offset':>6}  {'size':>5}  {'C type':<{width}}  field"]
         for off, size, ctype, path in rows:
             out.append(f"{off:>6}  {size:>5}  {ctype:<{width}}  {path}".rstrip())
@@ -287,203 +374,107 @@ class Layout:
 
     # ---- the compiler's view ----------------------------------------------------
 
-    def check(self, cc: str = "cc", cflags: Sequence[str] = (),
-              timeout: float = 60.0) -> CheckReport:
-        """Compile a probe of the same declaration with the C compiler and compare its
-        sizeof, alignment and every member's offsetof and sizeof with this layout.
-        Returns a CheckReport; raises LayoutCheckError on any difference."""
-        command = shlex.split(cc) if isinstance(cc, str) else list(cc)
-        if not command:
-            raise LayoutCheckError("no C compiler given")
+    def check(self, cc: str | Sequence[str] | None = None,
+              cflags: Sequence[str] | None = None, timeout: float = 10.0) -> CheckReport:
+        """Cross-check the layout with the C compiler, independently of how it was made.
+
+        Compiles AND RUNS a probe that includes the header (so it executes code built
+        from the header): the probe prints sizeof, _Alignof and every member's offsetof
+        and sizeof, then reads a record encoded here from its stdin and prints every
+        field as C sees it.  cc defaults to the compiler the layout was made with (or
+        $CC, cc, gcc, clang); cflags to its flags.  Returns a CheckReport; raises
+        LayoutCheckError on any difference.
+        """
+        base = self.compiler
+        if cc is None and base is not None:
+            compiler = Compiler(base.command, base.cflags if cflags is None else
+                                tuple(cflags), base.include_dirs, base.defines, timeout)
+        else:
+            found = Compiler.find(cc, cflags, timeout=timeout)
+            if found is None:
+                raise LayoutCheckError("no C compiler given or found (set CC, or install"
+                                       " cc/gcc/clang)")
+            compiler = Compiler(found.command, found.cflags,
+                                base.include_dirs if base else (),
+                                base.defines if base else (), timeout)
         members = list(_members(self._root, sample=True))
+        leaves = [(p, n) for p, n, _ in members
+                  if not isinstance(n, StructNode) and not expands(n)]
+        sample = self.decode(_sample_bytes(self.size))
+        data = self.encode(sample)
+        expected = _leaf_values(LayoutRecord.as_dict(sample), leaves)
+        command = compiler.command[0]
         with tempfile.TemporaryDirectory(prefix="mmapipc-probe-") as tmp:
-            header = Path(tmp, "decl.h")
-            header.write_text(self.source, encoding="utf-8", errors="surrogateescape")
+            header = self.header
+            if header is None:
+                header = Path(tmp, "decl.h")
+                header.write_text(self.source, encoding="utf-8", errors="surrogateescape")
             probe = Path(tmp, "probe.c")
-            probe.write_text(_probe_source(self.name, [p for p, _, _ in members]))
+            try:
+                include = include_line(header)
+            except LayoutError as e:
+                raise LayoutCheckError(str(e)) from None
+            probe.write_text(_probe_source(self.name, include,
+                                           [p for p, _, _ in members], leaves))
             exe = Path(tmp, "probe")
-            cmd = [*command, *cflags, "-std=gnu11", "-w", "-I", tmp]
-            if self.include_dir:
-                cmd += ["-I", self.include_dir]
-            cmd += ["-o", str(exe), str(probe)]
+            names = {os.fspath(header.resolve()): self.filename, os.fspath(probe): "probe.c"}
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                                      check=False)
-            except (OSError, subprocess.TimeoutExpired) as e:
-                raise LayoutCheckError(f"cannot run the C compiler {command[0]!r}: {e}"
-                                       ) from None
-            if proc.returncode != 0:
-                errors = [ln for ln in proc.stderr.splitlines() if "error" in ln]
-                first = (errors or proc.stderr.strip().splitlines() or ["failed"])[0]
-                first = first.replace(str(header), self.filename).replace(str(probe),
-                                                                          "probe.c")
-                raise LayoutCheckError(f"{command[0]} could not compile {self.name}: {first}")
+                compiler.run([*compiler.args(), "-w", "-o", str(exe), str(probe)],
+                             f"the probe of {self.name}", names)
+            except CompilerError as e:
+                raise LayoutCheckError(str(e)) from None
             try:
-                run = subprocess.run([str(exe)], capture_output=True, text=True,
-                                     timeout=timeout, check=False)
+                status, out = run_probe(exe, data, timeout)
             except (OSError, subprocess.TimeoutExpired) as e:
                 raise LayoutCheckError(f"the probe did not run: {e}") from None
-        lines = run.stdout.split("\n")
-        if run.returncode != 0 or len(lines) < len(members) + 1:
-            raise LayoutCheckError(f"the probe failed (status {run.returncode})")
+        lines = out.decode("ascii", "replace").split("\n")
+        if status != 0 or len(lines) < len(members) + 2 + len(expected):
+            raise LayoutCheckError(f"the probe failed (status {status})")
         head = lines[0].split()
         wrong: list[str] = []
         if int(head[0]) != self.size:
-            wrong.append(f"sizeof is {head[0]} with {command[0]}, {self.size} here")
+            wrong.append(f"sizeof is {head[0]} with {command}, {self.size} here")
         if int(head[1]) != self.align:
-            wrong.append(f"alignment is {head[1]} with {command[0]}, {self.align} here")
+            wrong.append(f"alignment is {head[1]} with {command}, {self.align} here")
         for (path, node, off), text in zip(members, lines[1:1 + len(members)], strict=True):
             c_off, c_size = (int(v) for v in text.split())
             if c_off != off:
-                wrong.append(f"offsetof {path} is {c_off} with {command[0]}, {off} here")
+                wrong.append(f"offsetof {path} is {c_off} with {command}, {off} here")
             if c_size != node.size:
-                wrong.append(f"sizeof {path} is {c_size} with {command[0]},"
+                wrong.append(f"sizeof {path} is {c_size} with {command},"
                              f" {node.size} here")
+        if not wrong:
+            got = lines[2 + len(members):2 + len(members) + len(expected)]
+            for (path, want), text in zip(expected, got, strict=True):
+                if not _same_value(want, text):
+                    wrong.append(f"{path} reads as {text} in C, {want} here")
         if wrong:
             more = f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else ""
-            raise LayoutCheckError(f"{command[0]} lays out {self.name} differently: "
+            raise LayoutCheckError(f"{command} lays out {self.name} differently: "
                                    + "; ".join(wrong[:3]) + more)
-        return CheckReport(command[0], self.size, self.align, len(members))
+        return CheckReport(command, self.size, self.align, len(members), len(expected))
+
+    # ---- as data -------------------------------------------------------------------
+
+    def as_json(self) -> dict[str, Any]:
+        """The layout as plain data: name, size, align, source ("dwarf" or "cffi") and
+        every member with its path (a.b, a[1].b), offset, size and C type."""
+        return {
+            "name": self.name, "size": self.size, "align": self.align,
+            "source": self.origin,
+            "fields": [{"path": f.name, "offset": f.offset, "size": f.size,
+                        "type": f.ctype} for f in self.members],
+        }
+
+    def to_json(self) -> str:
+        """as_json() as JSON text."""
+        return json.dumps(self.as_json(), indent=2) + "\n"
 
     def __repr__(self) -> str:
         return f"<Layout {self.name}: {self.size} bytes, {len(self.fields)} fields>"
 
 
 # ---- from cffi types to nodes ----------------------------------------------------
-
-
-def _resolve(ffi: Any, name: str, statements: list[Statement], filename: str
-             ) -> tuple[Any, str]:
-    declared = {d for st in statements for d in st.defines}
-    candidates = [name]
-    if re.fullmatch(r"[A-Za-z_]\w*", name):
-        candidates.append(f"struct {name}")
-    for candidate in candidates:
-        if candidate.split()[0] in ("struct", "union") and candidate not in declared:
-            continue  # cffi would make up an empty opaque type
-        try:
-            ctype = ffi.typeof(candidate)
-        except TypeError as e:
-            m = re.search(r"field '[^']*?\.(\w+)' has ctype '([^']*)' of unknown size", str(e))
-            if m is None:
-                raise LayoutError(f"{name}: {e}") from None
-            raise LayoutError(f"{name}: field {m.group(1)} is {m.group(2)}, which is"
-                              " declared but not defined") from None
-        except Exception:  # cffi: CDefError, FFIError, KeyError for unknown names
-            continue
-        if ctype.kind != "struct":
-            what = {"union": "a union", "enum": "an enum", "pointer": "a pointer",
-                    "array": "an array", "primitive": "not a struct"}.get(ctype.kind,
-                                                                         ctype.kind)
-            raise LayoutError(f"{name} is {what} ({ctype.cname}), not a struct")
-        return ctype, candidate
-    listing = ", ".join(sorted(d for d in declared if not d.startswith("enum "))
-                        ) or "no struct"
-    raise LayoutError(f"no struct {name!r} in {filename} (it declares: {listing})")
-
-
-def _refuse(cname: str, path: str, what: str) -> LayoutError:
-    return LayoutError(f"{cname}: field {path} {what}" if path else f"{cname} {what}")
-
-
-def _class_name(cname: str, path: str) -> str:
-    base = cname.split()[-1] if not cname.split()[-1].startswith("$") else (
-        path.split(".")[-1].split("[")[0] or "record")
-    base = re.sub(r"\W", "_", base)
-    return base if base and not base[0].isdigit() else f"_{base}"
-
-
-def _struct_node(ffi: Any, ctype: Any, path: str, top: str,
-                 cache: dict[str, StructNode]) -> Node:
-    cname = ctype.cname
-    if not cname.split()[-1].startswith("$") and cname in cache:
-        return cache[cname]
-    try:
-        size = int(ffi.sizeof(ctype))
-        fields = ctype.fields
-    except Exception:  # an incomplete (opaque) struct
-        raise _refuse(top, path, f"is {cname}, which is declared but not defined") from None
-    if not fields:
-        raise _refuse(top, path, f"({cname}) has no members" if path else "has no members")
-    members: list[tuple[str, int, Node]] = []
-    for name, f in fields:
-        sub = join_path(path, name)
-        if f.bitsize >= 0:
-            raise _refuse(top, sub, f"is a bitfield ({f.type.cname} : {f.bitsize}):"
-                          " its bits are laid out by the compiler, not addressable")
-        members.append((name, int(f.offset), _node(ffi, f.type, sub, top, cache)))
-    order = sorted(members, key=lambda m: m[1])
-    for (a, a_off, a_node), (b, b_off, _) in itertools.pairwise(order):
-        if b_off < a_off + a_node.size:
-            raise _refuse(top, join_path(path, b), f"overlaps {join_path(path, a)}"
-                          " (an anonymous union?): unions are not supported")
-    node = StructNode(cname, size, order, _class_name(cname, path))
-    cache[cname] = node
-    return node
-
-
-def _node(ffi: Any, ctype: Any, path: str, top: str, cache: dict[str, StructNode]) -> Node:
-    kind = ctype.kind
-    cname = ctype.cname
-    if kind == "struct":
-        return _struct_node(ffi, ctype, path, top, cache)
-    if kind == "union":
-        raise _refuse(top, path, f"is a union ({cname}): unions are not supported (the"
-                      " bytes do not say which member is meant)")
-    if kind == "pointer":
-        raise _refuse(top, path, f"is a pointer ({cname}): an address means nothing in"
-                      " another process")
-    if kind == "function":
-        raise _refuse(top, path, f"is a function pointer ({cname}): an address means"
-                      " nothing in another process")
-    if kind == "array":
-        length = ctype.length
-        if length is None:
-            raise _refuse(top, path, f"is a flexible array member ({cname}): its length"
-                          " is not part of the struct")
-        if length == 0:
-            raise _refuse(top, path, f"is a zero-length array ({cname}): its length is"
-                          " not part of the struct")
-        item = ctype.item
-        if item.kind == "primitive" and item.cname == "char":
-            return TextNode(int(length))
-        return ArrayNode(_node(ffi, item, f"{path}[0]", top, cache), int(length))
-    if kind == "enum":
-        size = int(ffi.sizeof(ctype))
-        signed = int(ffi.cast(ctype, -1)) < 0
-        names = {int(v): str(k) for v, k in dict(ctype.elements).items()}
-        return IntNode(cname, size, signed, names)
-    if kind == "primitive":
-        size = int(ffi.sizeof(ctype))
-        if cname == "char":
-            return CharNode()
-        if cname == "_Bool":
-            return BoolNode()
-        if cname in _FLOATS and size == _FLOATS[cname]:
-            return FloatNode(cname, size)
-        if cname == "long double":
-            raise _refuse(top, path, "is a long double: no Python type holds it exactly")
-        if "complex" in cname or cname in _FLOATS:
-            raise _refuse(top, path, f"has type {cname}, which is not supported")
-        try:
-            signed = int(ffi.cast(ctype, -1)) < 0
-        except Exception:
-            raise _refuse(top, path, f"has type {cname}, which is not supported") from None
-        if size not in (1, 2, 4, 8):
-            raise _refuse(top, path, f"is a {size}-byte integer ({cname}): not supported")
-        return IntNode(cname, size, signed)
-    raise _refuse(top, path, f"has type {cname} ({kind}), which is not supported")
-
-
-def _refuse_problems(statements: list[Statement], used: set[str], cname: str) -> None:
-    """Refuse a struct whose declaration (or a nested one's) had what cffi cannot lay
-    out: it would be laid out differently from the compiler's."""
-    for st in statements:
-        if st.problems and st.defines & used:
-            defined = sorted(st.defines & used)[0]
-            inside = "" if defined == cname or cname in st.defines else f"in {defined}, "
-            raise LayoutError(f"{cname}: {inside}{st.problems[0]}")
-
 
 # ---- derived facts -----------------------------------------------------------------
 
@@ -571,19 +562,115 @@ def _lock_offsets(padding: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
     return None
 
 
-def _probe_source(cname: str, paths: Sequence[str]) -> str:
+def _sample_bytes(size: int) -> bytes:
+    """Varied bytes for the record that check() stores through the probe."""
+    import random
+
+    return random.Random(size * 7919 + 17).randbytes(size)
+
+
+def _leaf_values(plain: Mapping[str, Any], leaves: Sequence[tuple[str, Node]]
+                 ) -> list[tuple[str, Any]]:
+    """(path, value as the probe prints it) for every leaf, arrays flattened."""
+    out: list[tuple[str, Any]] = []
+
+    def scalar(node: Node, value: Any, path: str) -> None:
+        if isinstance(node, TextNode):
+            out.append((path, value.encode("utf-8", "surrogateescape").hex() or "-"))
+        elif isinstance(node, CharNode):
+            out.append((path, value.encode("utf-8", "surrogateescape")[0] if value else 0))
+        elif isinstance(node, BoolNode):
+            out.append((path, int(value)))
+        elif isinstance(node, ArrayNode):
+            for k, v in enumerate(value):
+                scalar(node.item, v, f"{path}[{k}]")
+        else:
+            out.append((path, value))
+
+    for path, node in leaves:
+        scalar(node, _get_path(plain, parse_path(path)), path)
+    return out
+
+
+def _same_value(want: Any, text: str) -> bool:
+    if isinstance(want, float):
+        try:
+            got = float.fromhex(text.strip().replace("-nan", "nan"))
+        except ValueError:
+            return False
+        return got == want or (got != got and want != want)
+    return str(want) == text.strip()
+
+
+def _probe_source(cname: str, include: str, paths: Sequence[str],
+                  leaves: Sequence[tuple[str, Node]]) -> str:
     lines = [
-        "#include <stdio.h>", "#include <stddef.h>", "#include <stdint.h>",
-        "#include <stdbool.h>", "#include <wchar.h>", "#include <uchar.h>",
-        '#include "decl.h"',
+        "#include <stdio.h>", "#include <stddef.h>", "#include <string.h>",
+        "static void mmapipc_probe_text(const char *s, size_t n)", "{",
+        "    size_t i = 0;",
+        "    for (; i < n && s[i]; i++)",
+        "        printf(\"%02x\", (unsigned)(unsigned char)s[i]);",
+        '    printf(i ? "\\n" : "-\\n");', "}",
+        include.rstrip("\n"),
+        f"static {cname} mmapipc_probe_rec;",
         "int main(void)", "{",
+        f"    {cname} *mmapipc_probe_r = &mmapipc_probe_rec;",
         f'    printf("%zu %zu\\n", sizeof({cname}), (size_t)_Alignof({cname}));',
     ]
     for path in paths:
         lines.append(f'    printf("%zu %zu\\n", offsetof({cname}, {path}),'
                      f" sizeof((({cname} *)0)->{path}));")
+    lines += ["    if (fread(mmapipc_probe_r, 1, sizeof *mmapipc_probe_r, stdin)"
+              " != sizeof *mmapipc_probe_r)", "        return 3;",
+              '    printf("values\\n");']
+    for path, node in leaves:
+        lines += _print_leaf(node, f"mmapipc_probe_r->{path}", 1)
     lines += ["    return 0;", "}", ""]
     return "\n".join(lines)
+
+
+def _print_leaf(node: Node, expr: str, depth: int) -> list[str]:
+    pad = "    " * depth
+    if isinstance(node, ArrayNode):
+        i = f"mmapipc_probe_i{depth}"
+        return [f"{pad}for (size_t {i} = 0; {i} < {node.length}; {i}++)", f"{pad}{{",
+                *_print_leaf(node.item, f"{expr}[{i}]", depth + 1), f"{pad}}}"]
+    if isinstance(node, TextNode):
+        return [f"{pad}mmapipc_probe_text((const char *)({expr}), {node.size});"]
+    if isinstance(node, CharNode):
+        return [f'{pad}printf("%d\\n", (int)(unsigned char)({expr}));']
+    if isinstance(node, BoolNode):
+        return [f'{pad}printf("%d\\n", ({expr}) ? 1 : 0);']
+    if isinstance(node, FloatNode):
+        return [f'{pad}printf("%a\\n", (double)({expr}));']
+    if isinstance(node, IntNode):
+        if node.signed:
+            return [f'{pad}printf("%lld\\n", (long long)({expr}));']
+        return [f'{pad}printf("%llu\\n", (unsigned long long)({expr}));']
+    raise LayoutError(f"cannot print a {node.ctype}")
+
+
+def read_header(path: Path) -> str:
+    """A header's text: a regular file of at most MAX_HEADER bytes (no FIFO, device or
+    directory, which could hang or never end)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise LayoutError(f"{path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise LayoutError(f"{path}: not a regular file (a header must be one)")
+        if st.st_size > MAX_HEADER:
+            raise LayoutError(f"{path}: {st.st_size} bytes, more than the {MAX_HEADER}-byte"
+                              " limit of a header")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_HEADER + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_HEADER:
+        raise LayoutError(f"{path}: more than the {MAX_HEADER}-byte limit of a header")
+    return data.decode("utf-8", "surrogateescape")
 
 
 def _get_path(data: Any, steps: Sequence[str | int]) -> Any:

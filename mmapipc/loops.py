@@ -11,8 +11,9 @@ import time
 from collections.abc import Callable
 from typing import IO, Any, TypeVar, cast
 
+from mmapipc.codec import RecordCodec
 from mmapipc.errors import FileTooShortError, PathLike
-from mmapipc.fields import LayoutRecord, record_fields, record_pairs
+from mmapipc.fields import LayoutRecord
 from mmapipc.mapping import Reader, Writer
 from mmapipc.record import INT32_MAX, INT32_MIN, Student
 
@@ -35,62 +36,9 @@ def next_student(s: Student) -> Student:
     return s.replace(id=nxt)
 
 
-def c_line(record: Any) -> bytes:
-    """mmap_r's line for a Student; field=value pairs for a record of any layout."""
-    if isinstance(record, LayoutRecord):
-        return field_line(record)
-    return bytes(record.c_line())
-
-
-def _plain(record: Any) -> dict[str, Any]:
-    if isinstance(record, LayoutRecord):
-        return LayoutRecord.as_dict(record)  # even if a field is named as_dict
-    result: dict[str, Any] = record.as_dict()
-    return result
-
-
-def json_line(record: Any) -> bytes:
-    """One JSON Lines record (nested structs as objects, arrays as lists)."""
-    return (json.dumps(_plain(record)) + "\n").encode("utf-8")
-
-
-def field_line(record: Any) -> bytes:
-    """'field=value' pairs separated by tabs: nested as a.b=..., arrays as a=1,2,3."""
-    if isinstance(record, LayoutRecord):
-        pairs = record_pairs(record)
-    else:
-        pairs = [f"{k}={v}" for k, v in record.as_dict().items()]
-    return ("\t".join(pairs) + "\n").encode("utf-8", "surrogateescape")
-
-
-def format_line(template: str, sample: Any = None) -> Formatter:
-    """A formatter from a str.format template over the record's fields: '{id}',
-    '{pos.x}' (a member of a nested struct), '{vals[0]}', '{parts[1].x:.2f}'.
-
-    With a sample record the template is tried on it first, so that a bad template
-    fails with ValueError before any record is read.
-    """
-
-    def fields(record: Any) -> dict[str, Any]:
-        return record_fields(record) if isinstance(record, LayoutRecord) else _plain(record)
-
-    def fmt(record: Any) -> bytes:
-        return (template.format_map(fields(record)) + "\n").encode("utf-8",
-                                                                   "surrogateescape")
-
-    if sample is not None:
-        try:
-            fmt(sample)
-        except KeyError as e:
-            raise ValueError(f"bad --format {template!r}: unknown field {e.args[0]!r}"
-                             ) from None
-        except AttributeError as e:
-            name = getattr(e, "name", None)
-            what = f"unknown field {name!r}" if name else str(e)
-            raise ValueError(f"bad --format {template!r}: {what}") from None
-        except (IndexError, ValueError, TypeError) as e:
-            raise ValueError(f"bad --format {template!r}: {e}") from None
-    return fmt
+def json_line(record: LayoutRecord) -> bytes:
+    """One JSON Lines record of any layout (nested structs as objects, arrays as lists)."""
+    return (json.dumps(LayoutRecord.as_dict(record)) + "\n").encode("utf-8")
 
 
 def emit(out: Stream, data: bytes) -> None:
@@ -159,7 +107,7 @@ def read_loop(
     *,
     err: Stream | None = None,
     notify: Callable[[str], None] | None = None,
-    format: Formatter = c_line,
+    format: Formatter | None = None,
     wait: bool = False,
     **reader_options: Any,
 ) -> int:
@@ -174,6 +122,7 @@ def read_loop(
     say = _notifier(err, notify)
     printed = 0
     reader: Reader[Any] = Reader(path, wait=wait, **reader_options)
+    format = format or cast("RecordCodec[Any]", reader.codec).line
     with reader:
         deadline = time.monotonic()
         broken = False
@@ -206,7 +155,7 @@ def watch_loop(
     *,
     err: Stream | None = None,
     notify: Callable[[str], None] | None = None,
-    format: Formatter = c_line,
+    format: Formatter | None = None,
     wait: bool = False,
     **reader_options: Any,
 ) -> int:
@@ -226,6 +175,7 @@ def watch_loop(
     last: Any = None
     restarted = False
     reader: Reader[Any] = Reader(path, wait=wait, **reader_options)
+    format = format or cast("RecordCodec[Any]", reader.codec).line
     with reader:
         while True:
             try:

@@ -1,17 +1,31 @@
-"""struct STU as an immutable Python record, encoded to and from its 28 C bytes.
+"""struct STU as a layout like any other, and Student, the record class of that layout.
 
-Pure encoding: nothing here knows about files or mappings.  The layout is checked
-against the C compiler's (through cffi) when this module is imported.
+Pure encoding: nothing here knows about files or mappings.  The layout comes from the
+compiled core (cffi's sizeof and offsetof of the struct the C programs use); importing
+this module never runs a compiler.  Student keeps mmap_r's view of the bytes: the name
+up to its first NUL, and what C's %s prints after a name that fills all 20 bytes.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from mmapipc._ffi import ffi
+from mmapipc.codec import Codec, RecordCodec
+from mmapipc.fields import (
+    CharNode,
+    IntNode,
+    LayoutRecord,
+    StructNode,
+    TextNode,
+    decode_text,
+    encode_text,
+)
+from mmapipc.layout import Layout
 
-T = TypeVar("T")
+__all__ = ["NAME_MAX", "NAME_SIZE", "OFFSETS", "PADDING", "RECORD_SIZE", "STUDENT", "Codec",
+           "RecordCodec", "Student", "StudentLayout", "decode_text", "encode_text"]
 
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
@@ -23,6 +37,7 @@ _STU = struct.Struct("=i20sc3x")
 RECORD_SIZE: int = _STU.size
 OFFSETS = {"id": 0, "name": 4, "sex": 24}
 PADDING = (25, 3)  # offset and length of the trailing padding
+DECLARATION = "struct STU { int id; char name[20]; char sex; };"
 
 
 def _check_layout() -> None:
@@ -39,46 +54,42 @@ def _check_layout() -> None:
 _check_layout()
 
 
-class Codec(Protocol[T]):
-    """What a mapping needs to know about a record type: its size and how to code it."""
+class _SexNode(CharNode):
+    """STU's sex: exactly one byte, the NUL byte included (mmap_r prints it with %c)."""
 
-    size: int
-    lock_offsets: tuple[int, int] | None  # (marker, seq) padding offsets, if any
+    def check(self, value: Any, path: str) -> Any:
+        raw = encode_text(value, path)
+        if len(raw) != 1:
+            raise ValueError(f"{path} must be exactly one byte, got {len(raw)}")
+        return decode_text(raw)
 
-    def encode(self, record: T) -> bytes: ...
+    def flatten(self, value: Any, out: list[Any]) -> None:
+        out.append(value.encode("utf-8", "surrogateescape"))
 
-    def decode(self, data: bytes) -> T: ...
+    def build(self, vals: Any, i: int) -> tuple[Any, int]:
+        return decode_text(vals[i]), i + 1
 
-
-def encode_text(value: str | bytes, field: str) -> bytes:
-    """Text as C bytes: UTF-8, with undecodable bytes (surrogates) given back as they were."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape")
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    raise TypeError(f"{field} must be str or bytes, not {type(value).__name__}")
-
-
-def decode_text(raw: bytes) -> str:
-    """C bytes as text, losslessly: bytes that are not UTF-8 become surrogates."""
-    return raw.decode("utf-8", "surrogateescape")
+    def zero(self) -> Any:
+        return "\0"
 
 
 _unpack = _STU.unpack
 _pack = _STU.pack
 _new = object.__new__
-_setattr = object.__setattr__
+_set_values = LayoutRecord.__dict__["__mmapipc_values__"].__set__
+_set_bytes = LayoutRecord.__dict__["__mmapipc_bytes__"].__set__
 
 
-class Student:
-    """One struct STU: id (int32), name (at most 19 UTF-8 bytes), sex (one byte); immutable."""
+class Student(LayoutRecord):
+    """One struct STU: id (int32), name (at most 19 UTF-8 bytes), sex (one byte); immutable.
 
-    # One slot holding (id, name, sex, name_bytes, sex_byte, canonical bytes, tail): building
-    # a record is then one attribute store, which keeps decoding in a reader's loop cheap.
-    # tail is what C's %s prints after a name that fills all 20 bytes (sex, then padding,
-    # up to a NUL); it is empty otherwise and plays no part in equality.
-    __slots__ = ("_v",)
-    _v: tuple[int, str, str, bytes, bytes, bytes, bytes]
+    The record class of the STU layout (``STUDENT``): equal by its canonical bytes,
+    with replace, as_dict, to_bytes and from_bytes like every layout's records.
+    """
+
+    # _tail is what C's %s prints after a name that fills all 20 bytes (sex, then
+    # padding, up to a NUL); unset otherwise, and no part of equality.
+    __slots__ = ("_tail",)
 
     def __init__(self, id: int, name: str | bytes, sex: str | bytes) -> None:
         if isinstance(id, bool) or not isinstance(id, int):
@@ -96,84 +107,57 @@ class Student:
         sex_b = encode_text(sex, "sex")
         if len(sex_b) != 1:
             raise ValueError(f"sex must be exactly one byte, got {len(sex_b)}")
-        _setattr(
-            self,
-            "_v",
-            (
-                id,
-                decode_text(name_b),
-                decode_text(sex_b),
-                name_b,
-                sex_b,
-                _pack(id, name_b, sex_b),
-                b"",
-            ),
-        )
+        _set_values(self, (int(id), decode_text(name_b), decode_text(sex_b)))
+        _set_bytes(self, _pack(id, name_b, sex_b))
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> Student:
         """Decode any 28 bytes as mmap_r sees them: name up to its first NUL, padding ignored."""
-        try:
-            id_, name_raw, sex_b = _unpack(data)
-        except struct.error:
-            raise ValueError(f"a record is {RECORD_SIZE} bytes, got {len(data)}") from None
-        name_b = name_raw.rstrip(b"\0")
-        tail = b""
-        if 0 in name_b:  # bytes after the name's first NUL are not part of it
-            name_b = name_b[: name_b.index(b"\0")]
-        elif len(name_b) == NAME_SIZE:  # no NUL: C's %s runs on into sex and the padding
-            tail = bytes(data[OFFSETS["sex"] :]).split(b"\0", 1)[0]
-        # Canonical bytes: the fields as decoded, the name zero-filled, zero padding.
-        canonical = _pack(id_, name_b, sex_b)
-        self = _new(cls)
-        _setattr(
-            self,
-            "_v",
-            (
-                id_,
-                name_b.decode("utf-8", "surrogateescape"),
-                sex_b.decode("utf-8", "surrogateescape"),
-                name_b,
-                sex_b,
-                canonical,
-                tail,
-            ),
-        )
-        return self
+        return _decode(data)
 
     @property
     def id(self) -> int:
         """The int32 id."""
-        return self._v[0]
+        value: int = self.__mmapipc_values__[0]
+        return value
 
     @property
     def name(self) -> str:
         """The name as text (bytes that are not UTF-8 as surrogates)."""
-        return self._v[1]
+        value: str = self.__mmapipc_values__[1]
+        return value
 
     @property
     def sex(self) -> str:
         """The sex byte as text."""
-        return self._v[2]
+        value: str = self.__mmapipc_values__[2]
+        return value
 
     @property
     def name_bytes(self) -> bytes:
         """The raw name bytes, up to (not including) the first NUL."""
-        return self._v[3]
+        return self.__mmapipc_values__[1].encode("utf-8", "surrogateescape")  # type: ignore[no-any-return]
 
     @property
     def sex_byte(self) -> bytes:
         """The raw sex byte."""
-        return self._v[4]
+        return self.__mmapipc_values__[2].encode("utf-8", "surrogateescape")  # type: ignore[no-any-return]
 
     def to_bytes(self) -> bytes:
         """The 28 bytes of the C struct: int32 id at 0, name + NUL at 4, sex at 24, zero pad."""
-        return self._v[5]
+        try:
+            return self.__mmapipc_bytes__  # type: ignore[return-value]
+        except AttributeError:
+            v = self.__mmapipc_values__
+            data = _pack(v[0], v[1].encode("utf-8", "surrogateescape"),
+                         v[2].encode("utf-8", "surrogateescape"))
+            _set_bytes(self, data)
+            return data
 
     def replace(self, **changes: Any) -> Student:
         """A copy with some fields changed (validated like the constructor)."""
-        v = self._v
-        fields: dict[str, Any] = {"id": v[0], "name": v[3], "sex": v[4]}
+        v = self.__mmapipc_values__
+        fields: dict[str, Any] = {"id": v[0], "name": v[1], "sex": v[2]}
         fields.update(changes)
         return Student(**fields)
 
@@ -183,49 +167,116 @@ class Student:
         A name that fills all 20 bytes has no NUL, so C's %s runs on into sex and the
         padding up to the first NUL; the line does the same with the bytes that were read.
         """
-        v = self._v
-        return b"id=%d\tname=%s\t%c\n" % (v[0], v[3] + v[6], v[4][0])
-
-    def as_dict(self) -> dict[str, Any]:
-        """The fields as a plain dict (text as str, undecodable bytes as surrogates)."""
-        return {"id": self._v[0], "name": self._v[1], "sex": self._v[2]}
-
-    def __setattr__(self, key: str, value: object) -> None:
-        raise AttributeError("Student is immutable; use replace()")
-
-    def __delattr__(self, key: str) -> None:
-        raise AttributeError("Student is immutable")
+        v = self.__mmapipc_values__
+        tail: bytes = getattr(self, "_tail", b"")
+        return b"id=%d\tname=%s\t%c\n" % (v[0], v[1].encode("utf-8", "surrogateescape") + tail,
+                                          v[2].encode("utf-8", "surrogateescape")[0])
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Student):
             return NotImplemented
-        return self._v[5] == other._v[5]
+        return self.to_bytes() == other.to_bytes()
 
     def __hash__(self) -> int:
-        return hash(self._v[5])
+        return hash(self.to_bytes())
 
     def __repr__(self) -> str:
-        return f"Student(id={self.id!r}, name={self.name!r}, sex={self.sex!r})"
+        v = self.__mmapipc_values__
+        return f"Student(id={v[0]!r}, name={v[1]!r}, sex={v[2]!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Student.from_bytes, (self._v[5],))
+        return (Student.from_bytes, (self.to_bytes(),))
 
 
-class StudentCodec:
-    """The codec of struct STU; the seq lock lives in its three padding bytes."""
+_ROOT = StructNode("struct STU", RECORD_SIZE,
+                   [("id", OFFSETS["id"], IntNode("int", 4, True)),
+                    ("name", OFFSETS["name"], TextNode(NAME_SIZE)),
+                    ("sex", OFFSETS["sex"], _SexNode())],
+                   "Student", record_class=Student)
 
-    decode = staticmethod(Student.from_bytes)
 
-    size = RECORD_SIZE
-    lock_offsets: tuple[int, int] | None = (PADDING[0], PADDING[0] + 1)
-    padding = (PADDING,)
-    name = "struct STU"
+_unpack_fast = struct.Struct("=i20sB3x").unpack  # sex as a number: an index into _SEXES
+_SEXES = tuple(bytes([b]).decode("utf-8", "surrogateescape") for b in range(256))
+_set_tail = Student.__dict__["_tail"].__set__
 
-    def encode(self, record: Student) -> bytes:
-        if not isinstance(record, Student):
+
+def _decode(data: bytes | bytearray | memoryview, _unpack: Any = _unpack_fast,
+            _make: Any = _new, _set: Any = _set_values, _sexes: Any = _SEXES,
+            _student: Any = Student) -> Student:
+    """Student.from_bytes, as one function: what a Reader calls for every changed record.
+
+    The defaults bind what it uses as locals (positional defaults are the cheapest to
+    fill): never pass them.
+    """
+    try:
+        id_, raw, sex = _unpack(data)
+    except struct.error:
+        raise ValueError(f"a record is {RECORD_SIZE} bytes, got {len(data)}") from None
+    name, nul, _ = raw.partition(b"\0")  # the name ends at its first NUL
+    self: Student = _make(_student)
+    if not nul:  # no NUL at all: C's %s runs on into sex and the padding
+        _set_tail(self, bytes(data[OFFSETS["sex"]:]).split(b"\0", 1)[0])
+    _set(self, (id_, name.decode("utf-8", "surrogateescape"), _sexes[sex]))
+    return self
+
+
+def _encoder(generic: Any) -> Any:
+    """STU's encode as one function: a Writer calls it for every record."""
+
+    def encode(record: Any, _student: Any = Student) -> bytes:
+        if type(record) is _student:
+            try:
+                return record.__mmapipc_bytes__  # type: ignore[no-any-return]
+            except AttributeError:  # decoded, not yet packed
+                return record.to_bytes()  # type: ignore[no-any-return]
+        if isinstance(record, Student):
+            return record.to_bytes()
+        if isinstance(record, LayoutRecord):
             raise TypeError(f"expected a Student, not {type(record).__name__}")
-        return record._v[5]
+        return generic(record)  # type: ignore[no-any-return]
+
+    return encode
 
 
+class StudentLayout(Layout):
+    """The layout of struct STU, whose records are Students; the seq lock lives in its
+    three padding bytes.  Its line is mmap_r's, its dump shows the fields by name."""
 
-STUDENT = StudentCodec()
+    def __init__(self) -> None:
+        super().__init__("struct STU", _ROOT, int(ffi.alignof("struct STU")), DECLARATION,
+                         "<struct STU>", origin="cffi")
+        self.zero = Student(10, "xiaoming", "m")  # what a template is tried on
+        self.decode = _decode  # type: ignore[method-assign]
+        self.encode = _encoder(super().encode)  # type: ignore[method-assign]
+
+    def decode(self, data: bytes) -> Student:
+        """A Student from any 28 bytes (replaced by the plain function on the instance)."""
+        return _decode(data)
+
+    def encode(self, record: Any) -> bytes:
+        """The 28 bytes of a Student (or of a dict of its fields)."""
+        data: bytes = _encoder(super().encode)(record)
+        return data
+
+    def laid_out_by(self) -> str:
+        return "laid out by the compiled core (cffi's sizeof and offsetof)"
+
+    def line(self, record: Any) -> bytes:
+        """mmap_r's line."""
+        line: bytes = record.c_line()
+        return line
+
+    def dump(self, record: Any, raw: bytes) -> bytes:
+        """The record decoded, then its bytes in hex by field with their offsets."""
+        spans = [("id", OFFSETS["id"], 4), ("name", OFFSETS["name"], 20),
+                 ("sex", OFFSETS["sex"], 1), ("padding", PADDING[0], PADDING[1])]
+        lines = [f"id={record.id}\tname={record.name!r}\tsex={record.sex!r}",
+                 f"{'offset':>6}  {'field':<8} bytes"]
+        for field, off, size in spans:
+            lines.append(f"{off:>6}  {field:<8} {raw[off:off + size].hex(' ')}")
+        lines.append(f"{RECORD_SIZE:>6}  (size)")
+        return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+
+
+STUDENT = StudentLayout()
+"""The codec of struct STU (the default of Writer and Reader)."""

@@ -417,7 +417,7 @@ def test_a_codec_with_padding_past_the_record_is_refused_without_exhausting_memo
 LYING_LENGTH_SCRIPT = """
 import sys
 from mmapipc import Layout, Writer
-lay = Layout.from_c("struct huge { int head; char blob[16777216]; int tail; };", "struct huge")
+lay = Layout.from_c("struct huge { int head; char blob[8388608]; int tail; };", "struct huge")
 
 class Liar(bytes):
     def __len__(self):

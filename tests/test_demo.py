@@ -16,10 +16,17 @@ LINE = re.compile(r"^ *\d+\.\d\ds  (?P<label>.+?) *: (?P<text>.*)\n$")
 LABELS = {"Python write -> Python read", "Python write -> C mmap_r", "C mmap_w -> Python read"}
 
 
+def _default_signals() -> None:
+    # Started from a background job of a shell, the tests inherit SIGINT ignored, and so
+    # would the demo (Python then never raises KeyboardInterrupt): as a terminal would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "mmapipc", "demo", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, start_new_session=True)
+                            env=env, start_new_session=True, preexec_fn=_default_signals)
 
 
 def _header(p: subprocess.Popen[bytes]) -> Path:

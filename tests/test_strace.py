@@ -98,14 +98,19 @@ def opened_path(c: Call) -> str | None:
 def file_calls(calls: list[Call], path: Path) -> list[tuple[object, ...]]:
     """The calls on path, normalised: descriptor and address left out, flags as sets."""
     quoted = f'"{path}"'
-    opens = [i for i, c in enumerate(calls) if opened_path(c) == quoted]
+    # The writer walks the path with O_PATH descriptors and opens the file relative to
+    # its directory: openat(dirfd, "name", ...).
+    named = f'"{path.name}"'
+    opens = [i for i, c in enumerate(calls)
+             if opened_path(c) == quoted
+             or (opened_path(c) == named and "O_PATH" not in c.args[2])]
     assert len(opens) == 1, f"expected one open of {path}: {[calls[i] for i in opens]}"
     start = opens[0]
     op = calls[start]
     assert int(op.result) >= 0, f"open failed: {op}"
     fd, pid = op.result, op.pid
     rest = op.args[1:] if op.name == "openat" else op.args
-    assert op.name == "open" or op.args[0] == "AT_FDCWD"
+    assert op.name in ("open", "openat")
     out: list[tuple[object, ...]] = [
         ("open", flags(rest[1]), rest[2] if len(rest) > 2 else None)
     ]

@@ -88,6 +88,7 @@ int main(int argc, char **argv)
 """
 
 CORE_WRITER = rf"""
+#define _GNU_SOURCE
 #include <stdio.h>
 #include <string.h>
 #include "mmapipc.c"

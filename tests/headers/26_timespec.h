@@ -1,0 +1,2 @@
+/* mmapipc-corpus: struct timespec ok */
+#include <time.h>

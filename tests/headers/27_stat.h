@@ -1,0 +1,2 @@
+/* mmapipc-corpus: struct stat ok */
+#include <sys/stat.h>

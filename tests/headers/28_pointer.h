@@ -1,0 +1,2 @@
+/* mmapipc-corpus: rec refused="is a pointer (char *)" */
+struct rec { int a; char *p; };

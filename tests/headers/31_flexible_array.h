@@ -1,0 +1,2 @@
+/* mmapipc-corpus: rec refused="flexible array member" */
+struct rec { int n; int data[]; };

@@ -1,0 +1,2 @@
+/* mmapipc-corpus: rec refused="zero-length array" */
+struct rec { int n; int data[0]; };

@@ -1,0 +1,2 @@
+/* mmapipc-corpus: rec refused="long double" */
+struct rec { int n; long double x; };

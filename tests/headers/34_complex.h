@@ -1,0 +1,2 @@
+/* mmapipc-corpus: rec refused="not supported" */
+struct rec { float _Complex c; };

@@ -1,0 +1,3 @@
+/* mmapipc-corpus: rec refused="incomplete type" */
+struct q;
+struct rec { int a; struct q x; };

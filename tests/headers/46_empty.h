@@ -1,0 +1,2 @@
+/* mmapipc-corpus: rec refused="has no members" */
+struct rec {};

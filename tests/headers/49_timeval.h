@@ -1,0 +1,2 @@
+/* mmapipc-corpus: struct timeval ok */
+#include <sys/time.h>

@@ -1,0 +1,2 @@
+/* mmapipc-corpus: rec refused="error: expected" */
+struct rec { int a; int = 3; };

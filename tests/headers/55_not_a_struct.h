@@ -1,0 +1,2 @@
+/* mmapipc-corpus: rec refused="rec is int, not a struct" */
+typedef int rec;

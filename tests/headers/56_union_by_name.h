@@ -1,0 +1,2 @@
+/* mmapipc-corpus: rec refused="is a union" */
+union rec { int i; float f; };
