@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Union, cast
 
-from mmapipc.errors import FileTooShortError, MmapipcError, PathLike
+from mmapipc._base import MmapipcError
+from mmapipc.errors import FileTooShortError, PathLike
 from mmapipc.layout import Layout
 from mmapipc.mapping import Reader, Writer
 from mmapipc.record import STUDENT, Codec

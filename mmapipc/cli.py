@@ -353,7 +353,7 @@ def _cmd_bridge(args: argparse.Namespace) -> int:
     import json
 
     from mmapipc import bridge
-    from mmapipc.errors import MmapipcError
+    from mmapipc._base import MmapipcError
 
     command = f"{PROG} bridge {args.bridge_command}"
     side: bridge.BridgePublisher | bridge.BridgeSubscriber | None = None
