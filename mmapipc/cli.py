@@ -166,7 +166,40 @@ def build_parser() -> argparse.ArgumentParser:
     de = sub.add_parser("demo", help="show writers and readers talking, C and Python")
     de.add_argument("--seconds", type=_seconds, metavar="SEC", default=4.0,
                     help="how long the pairs run once every reader has printed (default 4)")
+    _bridge_parser(sub)
     return parser
+
+
+def _bridge_parser(sub: Any) -> None:
+    br = sub.add_parser("bridge", help="carry a record to another host over Zenoh")
+    actions = br.add_subparsers(dest="bridge_command", metavar="ACTION", parser_class=_Parser,
+                                help="publish (where the writer runs) or subscribe")
+    actions.required = True
+    for name, text in (("publish", "watch FILE and publish every changed record to KEY"),
+                       ("subscribe", "write every record received on KEY into FILE")):
+        p = actions.add_parser(name, help=text)
+        p.add_argument("file")
+        p.add_argument("--key", required=True, help="the Zenoh key expression, e.g. robot/stu")
+        p.add_argument("--listen", action="append", default=[], metavar="ENDPOINT",
+                       help="listen on ENDPOINT, e.g. tcp/0.0.0.0:7447 (repeatable)")
+        p.add_argument("--connect", action="append", default=[], metavar="ENDPOINT",
+                       help="connect to ENDPOINT, e.g. tcp/192.0.2.1:7447 (repeatable)")
+        p.add_argument("--mode", choices=("peer", "client"), default=None,
+                       help="Zenoh mode (default peer; client needs a zenohd router)")
+        p.add_argument("--config", metavar="ZENOH_JSON5", default=None,
+                       help="a Zenoh configuration file; the options above override it")
+        p.add_argument("--stats", type=_seconds, nargs="?", const=1.0, default=None,
+                       metavar="SEC", help="print the counters as a JSON line every SEC"
+                                           " seconds (default 1) and on exit")
+        p.add_argument("--count", type=_count, default=None, help="stop after N records")
+        p.add_argument("--timeout", type=_seconds, default=None,
+                       help="stop after SEC seconds without a record")
+        if name == "subscribe":
+            p.add_argument("--force", action="store_true",
+                           help="shrink a longer existing file")
+            p.add_argument("--follow-symlinks", action="store_true",
+                           help="open through a symlink")
+        _struct_options(p)
 
 
 def _struct_options(p: argparse.ArgumentParser) -> None:
@@ -315,6 +348,63 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.seconds, sys.stdout)
 
 
+def _cmd_bridge(args: argparse.Namespace) -> int:
+    """bridge publish/subscribe: events and the summary on stderr, --stats on stdout."""
+    import json
+
+    from mmapipc import bridge
+    from mmapipc._base import MmapipcError
+
+    command = f"{PROG} bridge {args.bridge_command}"
+    side: bridge.BridgePublisher | bridge.BridgeSubscriber | None = None
+
+    def event(ev: bridge.Event) -> None:
+        _say(f"{command}: {ev.message}")
+
+    def stats_line() -> None:
+        if side is not None:
+            counters = (side.stats.as_dict() if isinstance(side, bridge.BridgeSubscriber)
+                        else dict(vars(side.stats)))
+            loops.emit(sys.stdout, (json.dumps(counters) + "\n").encode())
+
+    try:
+        layout = _layout(args)
+        common: dict[str, Any] = dict(
+            layout=layout, config=args.config, mode=args.mode, listen=args.listen,
+            connect=args.connect, on_event=event)
+        if args.bridge_command == "publish":
+            side = bridge.BridgePublisher(args.file, args.key, **common)
+        else:
+            side = bridge.BridgeSubscriber(args.file, args.key, force=args.force,
+                                           follow_symlinks=args.follow_symlinks, **common)
+    except (OSError, ValueError, TypeError, MmapipcError) as exc:
+        _say(f"{command}: {bridge.describe(exc)}")
+        return 1
+    failed = False
+    with side:
+        try:
+            side.run(count=args.count, timeout=args.timeout,
+                     on_tick=stats_line if args.stats else None, tick=args.stats or 1.0)
+        except (OSError, ValueError, TypeError, MmapipcError) as exc:
+            failed = True
+            _say(f"{command}: {bridge.describe(exc)}")
+            return 1
+        finally:
+            if not failed:  # ended by count, timeout, Ctrl-C or SIGTERM: say what was done
+                if args.stats is not None:
+                    stats_line()
+                _say(f"{command}: {_bridge_summary(side)}")
+    return 0
+
+
+def _bridge_summary(side: Any) -> str:
+    s = side.stats
+    if hasattr(s, "published"):
+        return f"{s.published} records published"
+    return (f"{s.written} records written of {s.received} received; {s.gaps} gaps"
+            f" ({s.lost} lost), {s.refused} refused, {s.publishers} publishers")
+
+
 COMMANDS = {
     "write": _cmd_write,
     "read": _cmd_read,
@@ -322,6 +412,7 @@ COMMANDS = {
     "dump": _cmd_dump,
     "layout": _cmd_layout,
     "demo": _cmd_demo,
+    "bridge": _cmd_bridge,
 }
 
 
