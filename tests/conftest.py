@@ -7,6 +7,7 @@ import select
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -136,6 +137,44 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
     yield started
     reap(started)
+
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as two users")
+
+
+def as_nobody(fn: Any) -> None:
+    """Run fn in a forked child as uid/gid 65534 (another user); it must succeed."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            fn()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+
+
+@pytest.fixture()
+def open_dir() -> Iterator[Path]:
+    """A scratch directory every user can reach (pytest's are root's alone), with a sticky
+    world-writable tmp/ in it, as the system's temporary directory is."""
+    d = Path(tempfile.mkdtemp(prefix="mmapipc-"))
+    os.chmod(d, 0o755)
+    (d / "tmp").mkdir()
+    os.chmod(d / "tmp", 0o1777)
+    yield d
+    shutil.rmtree(d)
+
+
+def run_script(script: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """python -c script ARGS in a child (a crash there cannot take the tests down)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONFAULTHANDLER"}
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, check=False)
 
 
 __all__ = ["assert_clean_error", "compile_c", "run_cli", "shutil", "start_cli"]

@@ -7,57 +7,20 @@ inside a call, and bad numbers that escaped as OverflowError.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import as_nobody, root_only, run_script
 
 import mmapipc.mapping
 from mmapipc import FileReplacedError, Layout, Reader, Student, SymlinkError, Writer
 from mmapipc.mapping import SIZE_CHECK
 from mmapipc.record import STUDENT
-
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as two users")
-
-
-def _as_nobody(fn: Callable[[], None]) -> None:
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.setgid(65534)
-            os.setuid(65534)
-            fn()
-            code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert status == 0
-
-
-@pytest.fixture()
-def open_dir() -> Iterator[Path]:
-    """A scratch directory every user can reach, with a sticky world-writable tmp/ in it."""
-    d = Path(tempfile.mkdtemp(prefix="mmapipc-"))
-    os.chmod(d, 0o755)
-    (d / "tmp").mkdir()
-    os.chmod(d / "tmp", 0o1777)
-    yield d
-    shutil.rmtree(d)
-
-
-def _run(script: str, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONFAULTHANDLER"}
-    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
-                          text=True, timeout=timeout, env=env, check=False)
-
 
 # ---- paths: what is checked must be what is opened -----------------------------------------
 
@@ -87,7 +50,7 @@ def test_a_planted_symlink_behind_a_missing_dotdot_component_is_not_followed(
     lexical abspath) goes through the planted link."""
     victim = open_dir / "victim"
     victim.mkdir()
-    _as_nobody(lambda: os.symlink(victim, open_dir / "tmp" / "planted"))
+    as_nobody(lambda: os.symlink(victim, open_dir / "tmp" / "planted"))
     with pytest.raises(OSError):
         Writer(open_dir / "tmp" / "missing" / ".." / "planted" / "rec")
     assert os.listdir(victim) == []
@@ -99,7 +62,7 @@ def test_a_planted_symlink_behind_a_followed_last_symlink_is_not_followed(
     """follow_symlinks=True: the last link's target must be walked too."""
     victim = open_dir / "victim"
     victim.mkdir()
-    _as_nobody(lambda: os.symlink(victim, open_dir / "tmp" / "planted"))
+    as_nobody(lambda: os.symlink(victim, open_dir / "tmp" / "planted"))
     os.symlink(open_dir / "tmp" / "planted" / "rec", open_dir / "mine")
     with pytest.raises(SymlinkError):
         Writer(open_dir / "mine", follow_symlinks=True)
@@ -113,7 +76,7 @@ def _race_after_check(monkeypatch: pytest.MonkeyPatch, attack: Callable[[], None
 
     def then_attacked() -> None:
         real()
-        _as_nobody(attack)
+        as_nobody(attack)
 
     monkeypatch.setattr(mmapipc.mapping, "install_fault_guard", then_attacked)
 
@@ -124,7 +87,7 @@ def test_a_directory_swapped_for_a_planted_symlink_after_the_check(
     tmp = open_dir / "tmp"
     victim = open_dir / "victim"
     victim.mkdir()
-    _as_nobody(lambda: os.mkdir(tmp / "d"))
+    as_nobody(lambda: os.mkdir(tmp / "d"))
 
     def swap() -> None:
         os.rename(tmp / "d", tmp / "gone")
@@ -324,7 +287,7 @@ def test_a_child_forked_while_another_thread_is_inside_a_call_does_not_hang(
         what: str, tmp_path: Path) -> None:
     """The channel's mutex (read) or the count of guarded copies (faulthandler.enable)
     is inherited from a thread that does not exist in the child."""
-    proc = _run(FORK_SCRIPT, str(tmp_path / "rec.bin"), what)
+    proc = run_script(FORK_SCRIPT, str(tmp_path / "rec.bin"), what)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["ok"], proc.stdout
 
@@ -410,7 +373,7 @@ except (ValueError, TypeError, OSError):
 def test_a_codec_with_padding_past_the_record_is_refused_without_exhausting_memory(
         tmp_path: Path) -> None:
     """The padding holes are checked as intervals, not enumerated byte by byte."""
-    proc = _run(PADDING_SCRIPT, str(tmp_path / "rec.bin"))
+    proc = run_script(PADDING_SCRIPT, str(tmp_path / "rec.bin"))
     assert proc.stdout.split() == ["refused"], proc.stderr[-1000:]
 
 
@@ -446,6 +409,6 @@ except (ValueError, TypeError, OSError):
 def test_an_encode_whose_result_lies_about_its_length_is_refused(tmp_path: Path) -> None:
     """len() of a bytes subclass is whatever it says: the store must go by the real size
     of the buffer, or it copies past a 1-byte object (here into unmapped memory)."""
-    proc = _run(LYING_LENGTH_SCRIPT, str(tmp_path / "rec.bin"))
+    proc = run_script(LYING_LENGTH_SCRIPT, str(tmp_path / "rec.bin"))
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-1000:])
     assert proc.stdout.split() == ["refused"]

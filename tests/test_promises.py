@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import as_nobody, root_only, run_script
 
 from mmapipc import (
     FileReplacedError,
@@ -43,13 +42,6 @@ def numbered(n: int) -> Student:
 def big_layout(ints: int) -> Layout:
     return Layout.from_c(
         f"struct big {{ int head; int data[{ints}]; int tail; signed char c; }};", "struct big")
-
-
-def run_script(script: str, *args: str,
-               timeout: float = PATIENCE) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONFAULTHANDLER"}
-    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
-                          text=True, timeout=timeout, env=env, check=False)
 
 
 # ---- close() from another thread -----------------------------------------------------------
@@ -617,51 +609,17 @@ def test_cli_read_reports_a_replaced_file_once(tmp_path: Path) -> None:
 
 # ---- nothing destroyed that is not ours ----------------------------------------------------
 
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as two users")
-
-
-def _as_nobody(fn: Any) -> None:
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.setgid(65534)
-            os.setuid(65534)
-            fn()
-            code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert status == 0
-
-
-@pytest.fixture()
-def open_dir() -> Any:
-    """A scratch directory that every user can reach (pytest's are root's alone)."""
-    d = Path(tempfile.mkdtemp(prefix="mmapipc-"))
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d)
-
-
-def _sticky_dir(top: Path) -> Path:
-    tmp = top / "tmp"
-    tmp.mkdir()
-    os.chmod(tmp, 0o1777)
-    return tmp
-
-
 @root_only
 def test_a_symlink_planted_in_a_sticky_directory_is_not_followed(open_dir: Path) -> None:
     tmp_path = open_dir
-    tmp = _sticky_dir(tmp_path)
+    tmp = tmp_path / "tmp"
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
     victim = private / "rec"
     victim.write_bytes(b"precious data that is not a record, 40 bytes"[:28])
     os.chmod(victim, 0o600)
     before = victim.read_bytes()
-    _as_nobody(lambda: os.symlink(private, tmp / "planted"))
+    as_nobody(lambda: os.symlink(private, tmp / "planted"))
     with pytest.raises(SymlinkError) as info:
         Writer(tmp / "planted" / "rec", force=True)
     assert "planted" in str(info.value)
@@ -677,7 +635,7 @@ def test_a_symlink_planted_in_a_sticky_directory_is_not_followed(open_dir: Path)
 @root_only
 def test_a_symlink_of_the_directory_owner_is_followed(open_dir: Path) -> None:
     tmp_path = open_dir
-    tmp = _sticky_dir(tmp_path)
+    tmp = tmp_path / "tmp"
     real = tmp_path / "real"
     real.mkdir()
     os.symlink(real, tmp / "mine")  # root's own link, in root's sticky directory
@@ -713,14 +671,14 @@ def test_a_hard_linked_file_is_not_written(tmp_path: Path) -> None:
 @root_only
 def test_someone_elses_file_in_a_sticky_directory_is_not_written(open_dir: Path) -> None:
     tmp_path = open_dir
-    tmp = _sticky_dir(tmp_path)
+    tmp = tmp_path / "tmp"
     theirs = tmp / "theirs"
 
     def plant() -> None:
         theirs.write_bytes(b"t" * 28)
         os.chmod(theirs, 0o666)
 
-    _as_nobody(plant)
+    as_nobody(plant)
     with pytest.raises(OSError) as info:
         Writer(theirs)
     assert "sticky" in str(info.value)
