@@ -28,6 +28,7 @@ from mmapipc import (
     SymlinkError,
     Writer,
 )
+import mmapipc.mapping
 from mmapipc.mapping import SIZE_CHECK
 
 HAMMER = 5.0  # seconds each torn/stale hammer runs
@@ -352,9 +353,13 @@ while True:
 """
 
 
-def test_no_torn_record_from_a_writer_whose_sequence_keeps_moving(tmp_path: Path) -> None:
+def test_no_torn_record_from_a_writer_whose_sequence_keeps_moving(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A store in progress for 2 ms at a time, the even sequence held for a moment only:
-    the sequence moves, so the reader must wait for it rather than read by agreement."""
+    the sequence moves, so the reader must wait for it rather than read by agreement.  (A
+    writer kept off the CPU mid-store longer than STUCK_WAIT is taken for dead, by design:
+    the wait is lengthened here so that CPU hogs on a 2-core machine cannot fake that.)"""
+    monkeypatch.setattr(mmapipc.mapping, "STUCK_WAIT", 2.0)
     _read_against(SLOW_STORE_WRITER, tmp_path / "big.bin", 16384, HAMMER / 2)
 
 
