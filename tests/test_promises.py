@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from conftest import as_nobody, root_only, run_script
 
+import mmapipc.mapping
 from mmapipc import (
     FileReplacedError,
     FileTooShortError,
@@ -28,7 +29,6 @@ from mmapipc import (
     SymlinkError,
     Writer,
 )
-import mmapipc.mapping
 from mmapipc.mapping import SIZE_CHECK
 
 HAMMER = 5.0  # seconds each torn/stale hammer runs
