@@ -73,7 +73,7 @@ def sensor_h(tmp_path: Path) -> Path:
     return path
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 10, what: str = "") -> Any:
+def wait_until(check: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
     """Poll check() until it returns something true; fail after timeout seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -104,7 +104,7 @@ def finish(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> tuple[in
     """Signal proc, wait for it (a hang fails: the bound is loose, for a loaded machine;
     the benchmark measures the real time), return (status, stdout, stderr)."""
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=5)
+    out, err = proc.communicate(timeout=30)
     return proc.returncode, out.decode(), err.decode()
 
 
@@ -142,7 +142,7 @@ class Running:
 
     def stop(self) -> Any:
         self.side.stop()
-        self.thread.join(timeout=5)
+        self.thread.join(timeout=30)
         assert not self.thread.is_alive(), "run() did not return after stop()"
         self.side.close()
         if self.error is not None:
@@ -157,7 +157,7 @@ def running() -> Iterator[list[Running]]:
     for r in started:
         if r.thread.is_alive():
             r.side.stop()
-            r.thread.join(timeout=5)
+            r.thread.join(timeout=30)
         r.side.close()
 
 
@@ -459,7 +459,7 @@ def test_publisher_killed_and_restarted(tmp_path: Path, zconf: Path,
         procs.append(pub)
         before = stats_until(sub, lambda st: st["written"] >= 20)
         pub.send_signal(signal.SIGKILL)
-        pub.wait(timeout=5)
+        pub.wait(timeout=30)
         pub2 = start_cli("bridge", "publish", a, "--key", "kill/stu",
                          *cli_args(zconf, free_port(), p_sub))
         procs.append(pub2)
