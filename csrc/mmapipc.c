@@ -1220,16 +1220,17 @@ int mmapipc_wait(mmapipc_channel *ch, int64_t timeout, int resume)
         return rc;
     if (!ch->wp.busy)
         fine_timer();
-    if (resume && !ch->wp.busy && !ch->notified && ch->last_poll > 0 &&
-        next_look(ch, ch->last_poll) > now) {
+    if (resume && !ch->wp.busy && !ch->notified && ch->last_poll > 0) {
         /* the slice before ended between two looks: keep their pace */
         int64_t next = next_look(ch, ch->last_poll), end = start + timeout;
-        pthread_mutex_unlock(&ch->lock);
-        if (sleep_until(next < end ? next : end) != 0)
-            return MMAPIPC_EINTR;
-        if ((rc = enter(ch)) != 0)
-            return rc;
-        now = now_ns();
+        if (next > now) {
+            pthread_mutex_unlock(&ch->lock);
+            if (sleep_until(next < end ? next : end) != 0)
+                return MMAPIPC_EINTR;
+            if ((rc = enter(ch)) != 0)
+                return rc;
+            now = now_ns();
+        }
     }
     while ((rc = look(ch, now, bound, &word, &notify)) == 0) {
         if (now - start >= timeout)
