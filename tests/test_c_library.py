@@ -208,7 +208,28 @@ def test_get_include_and_cflags_name_the_shipped_header() -> None:
 def test_header_ships_in_the_package_data() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert '"include/*.h"' in pyproject
-    assert "recursive-include mmapipc/include *.h" in (ROOT / "MANIFEST.in").read_text()
+    manifest = (ROOT / "MANIFEST.in").read_text()
+    assert "recursive-include mmapipc/include *.h" in manifest
+    assert "graft examples" in manifest.splitlines()  # the tests below compile them
+
+
+def test_the_c_example_in_the_docs_compiles_and_talks_to_python(cbuild: Build,
+                                                               tmp_path: Path) -> None:
+    text = (ROOT / "docs" / "c.md").read_text()
+    source = text.split("## A C writer, a Python watcher", 1)[1].split("```c\n", 1)[1]
+    source = source.split("```", 1)[0].replace("/tmp/stu", str(tmp_path / "stu"))
+    exe = cbuild("doc_writer", source)
+    proc = subprocess.Popen([str(exe)])
+    try:
+        with Reader(tmp_path / "stu", wait=True, wait_timeout=10) as r:
+            first = r.read()
+            if first.name == "":  # opened between the writer's ftruncate and its first store
+                first = r.wait_for_change(timeout=5)
+            second = r.wait_for_change(timeout=5)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert first.name == "xiaoming" and second.id == first.id + 1
 
 
 def test_c_writer_on_the_header_to_python_reader_never_torn(cbuild: Build, tmp_path: Path) -> None:
