@@ -30,7 +30,8 @@
  *     component only (O_NOFOLLOW), not in the directories above it, and does
  *     not check who owns the file or its directory;
  *   - no watching of the path (a replaced or truncated file is not noticed);
- *   - a handle is not safe to share between threads without a lock.
+ *   - a handle is not safe to share between threads without a lock;
+ *   - C (C11 atomics) only, not C++.
  *
  * The lower-level primitives (mmapipc_rec_geom and the mmapipc_rec__ functions)
  * are the protocol itself; the mmapipc package's own C core is built on them.
