@@ -419,3 +419,25 @@ def test_layout_c_prints_the_defines(cbuild: Build, tmp_path: Path) -> None:
     cbuild("sensor_check", check)
     proc = run_cli("layout", header, "struct tight", "--c")
     assert_clean_error(proc, "mmapipc layout: struct tight: no run of 3 padding bytes")
+
+
+def test_c_and_python_writers_take_turns_through_the_same_lock(cbuild: Build,
+                                                               tmp_path: Path) -> None:
+    """Two writers of one file, one C on the header and one Python: the compare-and-swap on
+    the shared sequence keeps their stores apart, so a reader never sees a mix of both."""
+    path = tmp_path / "stu"
+    c_writer = _start([str(cbuild("hammer_w", HAMMER_WRITER)), str(path)])
+    py_writer = _start([sys.executable, "-c", PY_HAMMER, str(path)])
+    try:
+        proc = subprocess.run([str(cbuild("loop_r", LOOP_READER)), str(path), "2"],
+                              capture_output=True, text=True, timeout=30, check=False)
+        alive = c_writer.poll() is None and py_writer.poll() is None
+    finally:
+        _stop(c_writer)
+        _stop(py_writer)
+    assert proc.returncode == 0, proc.stderr
+    counts = dict(kv.split("=") for kv in proc.stdout.split())
+    print(f"\nC + Python writers -> C reader: {proc.stdout.strip()}")
+    assert alive, "a writer died"
+    assert int(counts["torn"]) == 0
+    assert int(counts["reads"]) >= 10_000 and int(counts["changes"]) >= 10
