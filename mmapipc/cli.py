@@ -326,6 +326,8 @@ def _cmd_layout(args: argparse.Namespace) -> int:
     from mmapipc.layout import Layout
     from mmapipc.peers import CompilerError, find_compiler
 
+    if args.c_defines and args.json:
+        raise ValueError("--c and --json: choose one")
     _check_header(args.header)
     layout = Layout.from_file(args.header, args.struct, include_dirs=args.include_dir,
                               defines=args.define, cc=args.cc)
@@ -344,7 +346,8 @@ def _cmd_layout(args: argparse.Namespace) -> int:
     else:
         loops.emit(sys.stdout, layout.table().encode("utf-8", "surrogateescape"))
     if args.check:
-        loops.emit(sys.stderr if args.json else sys.stdout, f"check: {report}\n".encode())
+        machine = args.json or args.c_defines  # output for tools: the report goes to stderr
+        loops.emit(sys.stderr if machine else sys.stdout, f"check: {report}\n".encode())
     return 0
 
 

@@ -419,6 +419,12 @@ def test_layout_c_prints_the_defines(cbuild: Build, tmp_path: Path) -> None:
     cbuild("sensor_check", check)
     proc = run_cli("layout", header, "struct tight", "--c")
     assert_clean_error(proc, "mmapipc layout: struct tight: no run of 3 padding bytes")
+    assert_clean_error(run_cli("layout", header, "sensor_t", "--c", "--json"), "choose one")
+    assert_clean_error(run_cli("cflags", "extra"), "mmapipc cflags", "unrecognized arguments")
+    proc = run_cli("layout", header, "sensor_t", "--c", "--check")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().startswith("#define SENSOR_T_SIZE 32\n")
+    assert proc.stdout.decode().count("\n") == 3 and b"check: " in proc.stderr
 
 
 def test_c_and_python_writers_take_turns_through_the_same_lock(cbuild: Build,
