@@ -338,6 +338,25 @@ def test_c_wait_wakes_on_a_python_store(cbuild: Build, tmp_path: Path) -> None:
     assert 0 < latency_ms < 5000  # woken by the store, not timed out (10 s)
 
 
+def test_c_wait_sees_a_legacy_writer_by_looking(cbuild: Build, tmp_path: Path) -> None:
+    """The seed-style mmap_w wakes nobody (no marker): the C wait looks every millisecond."""
+    path = tmp_path / "stu"
+    mmap_w = subprocess.Popen([str(build_peer("mmap_w", tmp_path)), str(path), "3", "1000"])
+    try:
+        deadline = time.monotonic() + 10
+        while (not path.exists() or path.stat().st_size < 28) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc = _start([str(cbuild("waiter", WAITER)), str(path), "5000"])
+        out, err = proc.communicate(timeout=30)
+    finally:
+        mmap_w.kill()
+        mmap_w.wait(timeout=10)
+    assert proc.returncode == 0, err
+    fields = dict(kv.split("=") for kv in out.split())
+    assert fields["rc"] == "1" and fields["id"] in ("10", "11", "12"), out
+    assert path.read_bytes()[25] not in (0xA5, 0xA6)  # no marker: nothing to sleep on
+
+
 def test_c_wait_times_out_on_time(cbuild: Build, tmp_path: Path) -> None:
     path = tmp_path / "stu"
     waiter = cbuild("waiter", WAITER)
@@ -367,7 +386,9 @@ int main(int argc, char **argv)
                errno == EMLINK ? "EMLINK" : "other");
         return 1;
     }
-    printf("ok\n");
+    if (flags == 0 && mmapipc_rec_store(r, "0123456789012345678901234567") == 0)
+        return 5;   /* a read-only handle must refuse to store */
+    printf(flags == 0 ? "ok %s\n" : "ok\n", errno == EBADF ? "EBADF" : "?");
     mmapipc_rec_close(r);
     return 0;
 }
@@ -398,7 +419,7 @@ def test_open_refuses_as_python_does(cbuild: Build, tmp_path: Path) -> None:
     assert opened(short, "w") == "EMLINK" and short.stat().st_size == 27
     fresh = tmp_path / "fresh"
     assert opened(fresh, "w") == "ok" and fresh.stat().st_size == 28
-    assert opened(fresh, "r") == "ok"
+    assert opened(fresh, "r") == "ok EBADF"
 
 
 def test_layout_c_prints_the_defines(cbuild: Build, tmp_path: Path) -> None:
