@@ -468,3 +468,47 @@ def test_c_and_python_writers_take_turns_through_the_same_lock(cbuild: Build,
     assert alive, "a writer died"
     assert int(counts["torn"]) == 0
     assert int(counts["reads"]) >= 10_000 and int(counts["changes"]) >= 10
+
+
+NO_LOCK = r"""
+#include <errno.h>
+#include <stdio.h>
+#include "mmapipc_record.h"
+
+struct P { int a, b; };   /* no padding: no room for the lock */
+
+int main(int argc, char **argv)
+{
+    struct P p = {1, 2}, q = {0, 0};
+    (void)argc;
+    mmapipc_rec *bad = mmapipc_rec_open(argv[1], sizeof p, 5, 4, 0);   /* overlapping */
+    printf("bad=%s\n", bad == NULL && errno == EINVAL ? "EINVAL" : "?");
+    mmapipc_rec *w = mmapipc_rec_open(argv[1], sizeof p, -1, -1, MMAPIPC_REC_WRITE);
+    mmapipc_rec *r = mmapipc_rec_open(argv[1], sizeof p, -1, -1, 0);
+    if (w == NULL || r == NULL || mmapipc_rec_store(w, &p) != 0)
+        return 3;
+    int first = mmapipc_rec_wait(r, &q, 1000000);
+    printf("first=%d b=%d\n", first, q.b);
+    int none = mmapipc_rec_wait(r, &q, 5000000);
+    printf("none=%d\n", none);
+    p.b = 3;
+    if (mmapipc_rec_store(w, &p) != 0)
+        return 4;
+    int changed = mmapipc_rec_wait(r, &q, 5000000);
+    printf("changed=%d b=%d\n", changed, q.b);
+    mmapipc_rec_close(w);
+    mmapipc_rec_close(r);
+    mmapipc_rec_close(NULL);
+    return 0;
+}
+"""
+
+
+def test_a_struct_without_room_for_the_lock(cbuild: Build, tmp_path: Path) -> None:
+    """Offsets -1, -1: plain whole-record copies, read by agreement; bad offsets: EINVAL."""
+    path = tmp_path / "p"
+    proc = subprocess.run([str(cbuild("no_lock", NO_LOCK)), str(path)], capture_output=True,
+                          text=True, timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "bad=EINVAL\nfirst=1 b=2\nnone=0\nchanged=1 b=3\n"
+    assert path.read_bytes() == (1).to_bytes(4, sys.byteorder) + (3).to_bytes(4, sys.byteorder)
