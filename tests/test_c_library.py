@@ -357,6 +357,23 @@ def test_c_wait_sees_a_legacy_writer_by_looking(cbuild: Build, tmp_path: Path) -
     assert path.read_bytes()[25] not in (0xA5, 0xA6)  # no marker: nothing to sleep on
 
 
+def test_c_wait_on_a_notifying_writer_sees_a_legacy_writer_take_over(cbuild: Build,
+                                                                     tmp_path: Path) -> None:
+    """The marker says 0xA6, but the seed-style mmap_w overwrites the record and wakes nobody:
+    the futex sleep comes in slices, so the wait sees the change long before its timeout."""
+    path = tmp_path / "stu"
+    with Writer(path) as w:
+        w.write(numbered(1))
+    proc = _start([str(cbuild("waiter", WAITER)), str(path), "10000"])
+    time.sleep(0.2)  # the waiter is asleep on the futex by now
+    subprocess.run([str(build_peer("mmap_w", tmp_path)), str(path), "1"], check=True, timeout=30)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    fields = dict(kv.split("=") for kv in out.split())
+    assert fields["rc"] == "1" and fields["id"] == "10", out
+    assert float(fields["ms"]) < 5000  # a slice (100 ms) after the change, not the 10 s timeout
+
+
 def test_c_wait_times_out_on_time(cbuild: Build, tmp_path: Path) -> None:
     path = tmp_path / "stu"
     waiter = cbuild("waiter", WAITER)

@@ -64,6 +64,10 @@
 
 #define MMAPIPC_REC_WRITE 1   /* mmapipc_rec_open: map for writing (creates the file) */
 
+/* mmapipc_rec_wait sleeps on a notifying writer's futex at most this long before it
+ * looks again: a legacy writer that takes the file over wakes nobody. */
+#define MMAPIPC_REC_SLICE_NS 100000000LL
+
 /* ---- protocol primitives ----------------------------------------------- */
 
 /* Where the lock lives in a record of size bytes (-1, -1: no lock). */
@@ -500,8 +504,8 @@ static inline int mmapipc_rec_load(mmapipc_rec *r, void *out)
 /* Wait up to timeout_ns for a record whose fields differ from the last one
  * loaded or waited for (a handle that has returned none returns the record at
  * once): 1 and out filled, 0 timed out, -1 with errno (EINTR: a signal).
- * Sleeps on the futex word while the writer notifies (marker 0xA6), else
- * looks every poll_ns (1 ms). */
+ * Sleeps on the futex word while the writer notifies (marker 0xA6), looking
+ * again at least every MMAPIPC_REC_SLICE_NS, else looks every poll_ns (1 ms). */
 static inline int mmapipc_rec_wait(mmapipc_rec *r, void *out, long long timeout_ns)
 {
     int64_t end = mmapipc_rec__now_ns() + (timeout_ns > 0 ? timeout_ns : 0);
@@ -527,7 +531,9 @@ static inline int mmapipc_rec_wait(mmapipc_rec *r, void *out, long long timeout_
         if (now >= end)
             return 0;
         if (notify) {
-            if (mmapipc_rec__futex_sleep(mmapipc_rec__futex_word(g, r->map), word, end) < 0)
+            /* in slices: a legacy writer that takes the file over wakes nobody */
+            next = now + MMAPIPC_REC_SLICE_NS < end ? now + MMAPIPC_REC_SLICE_NS : end;
+            if (mmapipc_rec__futex_sleep(mmapipc_rec__futex_word(g, r->map), word, next) < 0)
                 return -1;
             continue;
         }
