@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include "mmapipc.h"
+#include "../mmapipc/include/mmapipc_record.h"   /* the wire protocol: one implementation */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -24,6 +25,10 @@
 #include <time.h>
 #include <unistd.h>
 
+_Static_assert(MMAPIPC_SEQ_MARKER == MMAPIPC_REC_LOCK_MARKER &&
+                   MMAPIPC_NOTIFY_MARKER == MMAPIPC_REC_NOTIFY_MARKER,
+               "mmapipc.h and mmapipc_record.h name the same markers");
+
 /* What a reader knows about the last record it returned. */
 enum trust {
     TRUST_NONE,     /* nothing loaded yet */
@@ -40,14 +45,11 @@ struct mmapipc_channel {
     char *path;               /* absolute path it was opened by (our copy) */
     int flags;
     uint64_t dev, ino;        /* the file it maps */
-    size_t size;
-    int marker_off, seq_off;  /* -1: no sequence lock */
+    struct mmapipc_rec_geom geo; /* size and lock offsets (-1, -1: no lock) */
     unsigned char *copy;      /* reader: the last record loaded */
     unsigned char *scratch;   /* reader: two work copies (2 * size) */
     enum trust have;
-    uint16_t seq;             /* reader: sequence of copy */
-    uint32_t stuck;           /* marker and odd sequence known to be stuck */
-    int stuck_valid;
+    struct mmapipc_rec_rstate rs; /* reader: sequence of copy, a stuck lock */
     int64_t stuck_ns, unstable_ns, check_ns, checked_at;
     int short_file;           /* the last check found the file too short */
     struct mmapipc_wait_params wp;
@@ -204,23 +206,8 @@ static int guard_fault(struct guard *g)
 
 /* ---- time -------------------------------------------------------------- */
 
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__) || defined(__arm__)
-    __asm__ __volatile__("yield" ::: "memory");
-#else
-    atomic_signal_fence(memory_order_seq_cst);
-#endif
-}
+#define now_ns mmapipc_rec__now_ns
+#define cpu_relax mmapipc_rec__relax
 
 /* Sleep until the monotonic time t; -1 (errno EINTR) if a signal cut it short. */
 static int sleep_until(int64_t t)
@@ -266,19 +253,11 @@ static void lock_channel(mmapipc_channel *ch)
     pthread_mutex_lock(&ch->lock);
 }
 
-static int lock_offsets_ok(size_t size, int marker, int seq)
-{
-    if (marker == -1 && seq == -1)
-        return 1;
-    if (marker < 0 || seq < 0 || (size_t)marker >= size || (size_t)seq + 2 > size)
-        return 0;
-    return seq % 2 == 0 && marker != seq && marker != seq + 1;
-}
-
 mmapipc_channel *mmapipc_new(size_t size, int marker_off, int seq_off)
 {
     mmapipc_channel *ch;
-    if (size == 0 || !lock_offsets_ok(size, marker_off, seq_off)) {
+    struct mmapipc_rec_geom geo = {size, marker_off, seq_off};
+    if (!mmapipc_rec__geom_ok(&geo)) {
         errno = EINVAL;
         return NULL;
     }
@@ -296,9 +275,7 @@ mmapipc_channel *mmapipc_new(size_t size, int marker_off, int seq_off)
     pthread_mutex_init(&ch->lock, NULL);
     ch->forks = atomic_load(&fork_generation);
     ch->fd = -1;
-    ch->size = size;
-    ch->marker_off = marker_off;
-    ch->seq_off = seq_off;
+    ch->geo = geo;
     ch->stuck_ns = 250000000;
     ch->unstable_ns = 1000000000;
     ch->check_ns = 10000000;
@@ -338,56 +315,40 @@ int mmapipc_get_stats(mmapipc_channel *ch, struct mmapipc_stats *out)
     return 0;
 }
 
+/* The protocol's primitives (mmapipc_record.h) on this channel's geometry. */
 static inline int has_seqlock(const mmapipc_channel *ch)
 {
-    return ch->seq_off >= 0;
+    return mmapipc_rec__has_lock(&ch->geo);
 }
 
 static inline _Atomic uint16_t *seq_word(const mmapipc_channel *ch, const unsigned char *m)
 {
-    return (_Atomic uint16_t *)(m + ch->seq_off);
+    return mmapipc_rec__seq_word(&ch->geo, m);
 }
 
-/* Does the record carry our marker (a sequence lock in its padding)? */
 static inline int marked(const mmapipc_channel *ch, const unsigned char *m)
 {
-    unsigned char mark = has_seqlock(ch) ? m[ch->marker_off] : 0;
-    return mark == MMAPIPC_SEQ_MARKER || mark == MMAPIPC_NOTIFY_MARKER;
+    return mmapipc_rec__marked(&ch->geo, m);
 }
 
-/* The aligned 32-bit word that holds the sequence: what a notifying writer
- * wakes and its waiters sleep on.  Only where it lies inside the record. */
 static inline int can_notify(const mmapipc_channel *ch)
 {
-    return has_seqlock(ch) && (size_t)(ch->seq_off & ~3) + 4 <= ch->size;
+    return mmapipc_rec__can_notify(&ch->geo);
 }
 
 static inline _Atomic uint32_t *futex_word(const mmapipc_channel *ch, const unsigned char *m)
 {
-    return (_Atomic uint32_t *)(m + (ch->seq_off & ~3));
+    return mmapipc_rec__futex_word(&ch->geo, m);
 }
 
-static void futex_wake(_Atomic uint32_t *word)
-{
-    syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
-}
-
-/* Sleep until woken or the word no longer holds value (0), until the
- * monotonic time until (1), or a signal (-1, errno EINTR). */
-static int futex_sleep(_Atomic uint32_t *word, uint32_t value, int64_t until)
-{
-    struct timespec ts = {(time_t)(until / 1000000000), (long)(until % 1000000000)};
-    if (syscall(SYS_futex, word, FUTEX_WAIT_BITSET, value, &ts, NULL,
-                FUTEX_BITSET_MATCH_ANY) == 0)
-        return 0;
-    return errno == ETIMEDOUT ? 1 : errno == EINTR ? -1 : 0;
-}
+#define futex_wake mmapipc_rec__futex_wake
+#define futex_sleep mmapipc_rec__futex_sleep
 
 /* Forget what was loaded (a new file, or a new mapping of it). */
 static void reset_reader(mmapipc_channel *ch)
 {
     ch->have = TRUST_NONE;
-    ch->stuck_valid = 0;
+    ch->rs.stuck_valid = 0;
     ch->nchanges = 0;
 }
 
@@ -566,12 +527,12 @@ static int refuse(const mmapipc_channel *ch, const struct stat *st, int flags)
     if (!S_ISREG(st->st_mode))
         return MMAPIPC_ENOTREG;
     if (!(flags & MMAPIPC_WRITE))
-        return (size_t)st->st_size < ch->size ? MMAPIPC_ESHORT : 0;
+        return (size_t)st->st_size < ch->geo.size ? MMAPIPC_ESHORT : 0;
     if (flags & MMAPIPC_FORCE)
         return 0;
     if (st->st_nlink > 1)
         return MMAPIPC_ELINKS;
-    return (size_t)st->st_size > ch->size ? MMAPIPC_ESHRINK : 0;
+    return (size_t)st->st_size > ch->geo.size ? MMAPIPC_ESHRINK : 0;
 }
 
 /* Open and map path into fresh state; on failure nothing is left open. */
@@ -589,9 +550,9 @@ static int map_file(mmapipc_channel *ch, const char *path, int flags,
         close(fd);
         return rc;
     }
-    if (writable && ftruncate(fd, (off_t)ch->size) != 0)
+    if (writable && ftruncate(fd, (off_t)ch->geo.size) != 0)
         goto fail_errno;
-    m = mmap(NULL, ch->size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0);
+    m = mmap(NULL, ch->geo.size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0);
     if (m == MAP_FAILED)
         goto fail_errno;
     *map = m;
@@ -636,7 +597,7 @@ int mmapipc_open(mmapipc_channel *ch, const char *path, int flags)
 static int unmap_locked(mmapipc_channel *ch)
 {
     int rc = 0;
-    if (ch->map != NULL && munmap(ch->map, ch->size) != 0)
+    if (ch->map != NULL && munmap(ch->map, ch->geo.size) != 0)
         rc = MMAPIPC_EOS;
     if (ch->fd >= 0)
         close(ch->fd);
@@ -686,7 +647,7 @@ int mmapipc_sync(mmapipc_channel *ch)
     int rc = enter(ch);
     if (rc != 0)
         return rc;
-    return leave(ch, msync(ch->map, ch->size, MS_SYNC) == 0 ? 0 : MMAPIPC_EOS);
+    return leave(ch, msync(ch->map, ch->geo.size, MS_SYNC) == 0 ? 0 : MMAPIPC_EOS);
 }
 
 /* ---- the file under the mapping ---------------------------------------- */
@@ -719,7 +680,7 @@ static int check_size(mmapipc_channel *ch)
     if (fstat(ch->fd, &st) != 0)
         return MMAPIPC_EOS;
     ch->st.file_size = (int64_t)st.st_size;
-    ch->short_file = (size_t)st.st_size < ch->size;
+    ch->short_file = (size_t)st.st_size < ch->geo.size;
     return ch->short_file ? MMAPIPC_ESHORT : 0;
 }
 
@@ -757,90 +718,15 @@ static int check_file_if_due(mmapipc_channel *ch)
 
 /* ---- stores ------------------------------------------------------------ */
 
-/* The parts of a record outside the lock bytes: at most three [from, to)
- * spans around the marker byte and the two sequence bytes, in either order. */
-struct spans {
-    size_t from[3], to[3];
-    int n;
-};
-
-static void field_spans(const mmapipc_channel *ch, struct spans *sp)
+static inline int same_fields(const mmapipc_channel *ch, const unsigned char *a,
+                              const unsigned char *b)
 {
-    size_t holes[2][2] = {{(size_t)ch->marker_off, (size_t)ch->marker_off + 1},
-                          {(size_t)ch->seq_off, (size_t)ch->seq_off + 2}};
-    int first = ch->seq_off < ch->marker_off;
-    size_t at = 0;
-    sp->n = 0;
-    if (!has_seqlock(ch)) {
-        sp->from[0] = 0;
-        sp->to[0] = ch->size;
-        sp->n = 1;
-        return;
-    }
-    for (int k = 0; k < 2; k++) {
-        const size_t *h = holes[k ^ first];
-        if (h[0] > at) {
-            sp->from[sp->n] = at;
-            sp->to[sp->n++] = h[0];
-        }
-        at = h[1];
-    }
-    if (ch->size > at) {
-        sp->from[sp->n] = at;
-        sp->to[sp->n++] = ch->size;
-    }
-}
-
-static void copy_fields(const mmapipc_channel *ch, unsigned char *dst, const unsigned char *src)
-{
-    struct spans sp;
-    field_spans(ch, &sp);
-    for (int i = 0; i < sp.n; i++)
-        memcpy(dst + sp.from[i], src + sp.from[i], sp.to[i] - sp.from[i]);
-}
-
-static int same_fields(const mmapipc_channel *ch, const unsigned char *a, const unsigned char *b)
-{
-    struct spans sp;
-    field_spans(ch, &sp);
-    for (int i = 0; i < sp.n; i++)
-        if (memcmp(a + sp.from[i], b + sp.from[i], sp.to[i] - sp.from[i]) != 0)
-            return 0;
-    return 1;
+    return mmapipc_rec__same_fields(&ch->geo, a, b);
 }
 
 static inline int notifies(const mmapipc_channel *ch)
 {
     return (ch->flags & MMAPIPC_NOTIFY) && can_notify(ch);
-}
-
-/* Make the sequence odd for our store: from even by compare-and-swap, so that
- * two writers never store at once; from an odd value that moves (another
- * writer storing), after it goes even; from one that has stood still for
- * stuck_ns (a writer that died mid-store), by taking it over.  Without a
- * marker the sequence bytes are a legacy writer's padding: start from them. */
-static uint16_t begin_store(mmapipc_channel *ch, unsigned char *m)
-{
-    _Atomic uint16_t *seq = seq_word(ch, m);
-    uint16_t s = atomic_load_explicit(seq, memory_order_relaxed), last = 0;
-    int64_t since = 0;
-    if (!marked(ch, m))
-        s = (uint16_t)(s + (s & 1));
-    for (;;) {
-        uint16_t want = (uint16_t)(s + 1 + (s & 1));   /* the next odd value */
-        if (!(s & 1) || (since && s == last && now_ns() - since > ch->stuck_ns)) {
-            if (atomic_compare_exchange_weak_explicit(seq, &s, want, memory_order_acquire,
-                                                      memory_order_relaxed))
-                return want;
-            continue;
-        }
-        if (!since || s != last) {
-            last = s;
-            since = now_ns();
-        }
-        cpu_relax();
-        s = atomic_load_explicit(seq, memory_order_relaxed);
-    }
 }
 
 /* The store itself: the sequence goes odd, the fields are copied, it goes
@@ -850,20 +736,11 @@ static int store_guarded(mmapipc_channel *ch, const unsigned char *rec)
 {
     struct guard g;
     unsigned char *m = ch->map;
-    guard_prepare(&g, m, ch->size);
+    guard_prepare(&g, m, ch->geo.size);
     if (sigsetjmp(g.env, 0) != 0)
         return guard_fault(&g);
     guard_arm(&g);
-    if (has_seqlock(ch)) {
-        uint16_t odd = begin_store(ch, m);
-        m[ch->marker_off] = notifies(ch) ? MMAPIPC_NOTIFY_MARKER : MMAPIPC_SEQ_MARKER;
-        atomic_thread_fence(memory_order_release);
-        copy_fields(ch, m, rec);
-        atomic_thread_fence(memory_order_release);
-        atomic_store_explicit(seq_word(ch, m), (uint16_t)(odd + 1), memory_order_relaxed);
-    } else {
-        memcpy(m, rec, ch->size);
-    }
+    mmapipc_rec__store_body(&ch->geo, m, rec, notifies(ch), ch->stuck_ns);
     guard_end(&g);
     return 0;
 }
@@ -884,92 +761,20 @@ int mmapipc_store(mmapipc_channel *ch, const char *rec)
 /* ---- loads ------------------------------------------------------------- */
 
 
-static inline uint32_t pad_value(const mmapipc_channel *ch, uint16_t s)
-{
-    return ((uint32_t)ch->map[ch->marker_off] << 16) | s;
-}
-
-/* A store is in progress (odd sequence): wait for it, unless this very value
- * has not moved for stuck_ns (a writer that died mid-store, or legacy padding
- * that looks like the lock): then remember it and read by agreement.
- * Returns 1 to read by agreement now, 0 to look again. */
-static int wait_for_store(mmapipc_channel *ch, uint16_t s, uint16_t *last, int64_t *since)
-{
-    int64_t now = now_ns();
-    if (*since == 0 || s != *last) {
-        *last = s;          /* the sequence moved: a live writer, start again */
-        *since = now;
-        return 0;
-    }
-    if (now - *since > ch->stuck_ns) {
-        ch->stuck = pad_value(ch, s);
-        ch->stuck_valid = 1;
-        return 1;
-    }
-    if (now - *since < 20000) {
-        cpu_relax();
-    } else {
-        struct timespec ts = {0, 20000};
-        nanosleep(&ts, NULL);
-    }
-    return 0;
-}
-
-/* Two copies that agree (and, with a marker, an unchanged sequence). */
-static int copies_agree(mmapipc_channel *ch, unsigned char *dst, int mark, uint16_t s1)
-{
-    const unsigned char *m = ch->map;
-    unsigned char *second = dst == ch->scratch ? ch->scratch + ch->size : ch->scratch;
-    memcpy(second, m, ch->size);
-    atomic_thread_fence(memory_order_acquire);
-    if (memcmp(dst, second, ch->size) != 0)
-        return 0;
-    return !mark || atomic_load_explicit(seq_word(ch, m), memory_order_relaxed) == s1;
-}
-
-/* Has the reader tried for a stable copy longer than unstable_ns? */
-static int gave_up(const mmapipc_channel *ch, int64_t *started)
-{
-    int64_t now = now_ns();
-    if (*started == 0)
-        *started = now;
-    return now - *started > ch->unstable_ns;
-}
-
-/* Fill dst with a copy that can be trusted (inside a guard).  Through the
- * lock when the sequence was even, unchanged across the copy, and moved since
- * the last record; otherwise (no lock, a stuck one, or fields that changed
- * while the sequence did not) when two copies agree. */
+/* Fill dst with a copy that can be trusted (inside a guard): 1 through the
+ * lock, 0 by agreement of two copies, MMAPIPC_EUNSTABLE. */
 static int fetch(mmapipc_channel *ch, unsigned char *dst)
 {
-    const unsigned char *m = ch->map;
-    int64_t started = 0, since = 0;
-    uint16_t last_odd = 0;
-    for (unsigned long i = 1;; i++) {
-        if ((i & 63) == 0 && gave_up(ch, &started))
-            return MMAPIPC_EUNSTABLE;
-        int mark = marked(ch, m);
-        uint16_t s1 = mark ? atomic_load_explicit(seq_word(ch, m), memory_order_acquire) : 0;
-        int stuck = mark && (s1 & 1) && ch->stuck_valid && ch->stuck == pad_value(ch, s1);
-        if (ch->stuck_valid && !stuck)
-            ch->stuck_valid = 0;   /* it moved: a live writer again */
-        if (mark && (s1 & 1) && !stuck && !wait_for_store(ch, s1, &last_odd, &since))
-            continue;
-        memcpy(dst, m, ch->size);
-        atomic_thread_fence(memory_order_acquire);
-        if (mark && !(s1 & 1) && !stuck && s1 != ch->seq &&
-            atomic_load_explicit(seq_word(ch, m), memory_order_relaxed) == s1 &&
-            marked(ch, m)) {
-            ch->seq = s1;
-            ch->st.seqlock_reads++;
-            return 1;
-        }
-        if (copies_agree(ch, dst, mark, s1)) {
-            ch->seq = s1;
-            ch->st.fallback_reads++;
-            return 0;
-        }
-    }
+    unsigned char *second = dst == ch->scratch ? ch->scratch + ch->geo.size : ch->scratch;
+    int rc = mmapipc_rec__fetch(&ch->geo, ch->map, &ch->rs, dst, second, ch->stuck_ns,
+                                ch->unstable_ns);
+    if (rc < 0)
+        return MMAPIPC_EUNSTABLE;
+    if (rc == 1)
+        ch->st.seqlock_reads++;
+    else
+        ch->st.fallback_reads++;
+    return rc;
 }
 
 /* 1 if the fields in the mapping differ from the last record (inside a guard). */
@@ -984,7 +789,7 @@ static int look_and_fetch(mmapipc_channel *ch)
 {
     struct guard g;
     int rc = 0;
-    guard_prepare(&g, ch->map, ch->size);
+    guard_prepare(&g, ch->map, ch->geo.size);
     if (sigsetjmp(g.env, 0) != 0)
         return guard_fault(&g);
     guard_arm(&g);
@@ -1006,19 +811,15 @@ static int load_locked(mmapipc_channel *ch, char *out)
         return rc;
     /* A non-zero last byte proves the file still covers the whole record (past
      * its end a page reads as zeros); else ask the file (once it changed). */
-    covered = ch->scratch[ch->size - 1] != 0;
-    if (marked(ch, ch->scratch)) {   /* our lock bytes are not the record's: zero them */
-        ch->scratch[ch->marker_off] = 0;
-        ch->scratch[ch->seq_off] = 0;
-        ch->scratch[ch->seq_off + 1] = 0;
-    }
+    covered = ch->scratch[ch->geo.size - 1] != 0;
+    mmapipc_rec__clear_lock(&ch->geo, ch->scratch);   /* our lock bytes are not the record's */
     if (ch->have != TRUST_NONE && same_fields(ch, ch->scratch, ch->copy))
         return 0;
     if (!covered && (rc = check_size(ch)) != 0)
         return rc;
-    memcpy(ch->copy, ch->scratch, ch->size);
+    memcpy(ch->copy, ch->scratch, ch->geo.size);
     ch->have = TRUST_LOADED;
-    memcpy(out, ch->copy, ch->size);
+    memcpy(out, ch->copy, ch->geo.size);
     return 1;
 }
 
@@ -1041,11 +842,11 @@ int mmapipc_load(mmapipc_channel *ch, char *out)
 static int raw_guarded(mmapipc_channel *ch, unsigned char *out)
 {
     struct guard g;
-    guard_prepare(&g, ch->map, ch->size);
+    guard_prepare(&g, ch->map, ch->geo.size);
     if (sigsetjmp(g.env, 0) != 0)
         return guard_fault(&g);
     guard_arm(&g);
-    memcpy(out, ch->map, ch->size);
+    memcpy(out, ch->map, ch->geo.size);
     guard_end(&g);
     return 0;
 }
@@ -1066,11 +867,11 @@ static int moved_guarded(mmapipc_channel *ch, uint32_t *word, int *notify)
     struct guard g;
     const unsigned char *m = ch->map;
     int rc;
-    guard_prepare(&g, m, ch->size);
+    guard_prepare(&g, m, ch->geo.size);
     if (sigsetjmp(g.env, 0) != 0)
         return guard_fault(&g);
     guard_arm(&g);
-    *notify = can_notify(ch) && m[ch->marker_off] == MMAPIPC_NOTIFY_MARKER;
+    *notify = can_notify(ch) && m[ch->geo.marker_off] == MMAPIPC_REC_NOTIFY_MARKER;
     if (*notify)
         *word = atomic_load_explicit(futex_word(ch, m), memory_order_acquire);
     atomic_thread_fence(memory_order_acquire);

@@ -1,5 +1,7 @@
 """mmapipc: exchange C structs with unrelated C processes through a MAP_SHARED file."""
 
+from pathlib import Path
+
 from mmapipc._base import MmapipcError
 from mmapipc.layout import Field, Layout, LayoutCheckError, LayoutError, LayoutRecord
 
@@ -25,6 +27,13 @@ except ImportError as _core_error:  # no compiled core: layouts work, mappings d
     def __getattr__(name: str) -> object:
         raise ImportError(f"mmapipc.{name}: {_missing}")
 
+
+
+def get_include() -> str:
+    """The directory of mmapipc_record.h, the protocol for C programs (for -I)."""
+    return str(Path(__file__).resolve().parent / "include")
+
+
 __all__ = [
     "RECORD_SIZE",
     "Field",
@@ -44,6 +53,7 @@ __all__ = [
     "UnstableRecordError",
     "WouldShrinkError",
     "Writer",
+    "get_include",
     "install_fault_guard",
     "read_loop",
     "write_loop",

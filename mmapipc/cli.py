@@ -1,4 +1,4 @@
-"""The mmapipc command line: write, read, watch, dump, layout and demo.
+"""The mmapipc command line: write, read, watch, dump, layout, cflags and demo.
 
 Errors are one line on stderr naming the command, the path and the reason, with a
 non-zero exit status; Ctrl-C and SIGTERM end a loop cleanly.
@@ -161,7 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="C compiler command (default: $CC, cc, gcc or clang; flags $CFLAGS)")
     la.add_argument("--json", action="store_true",
                     help="print the layout as JSON: name, size, align, source, fields")
+    la.add_argument("--c", action="store_true", dest="c_defines",
+                    help="print #defines for mmapipc_record.h: the size, marker and seq offsets")
     _compiler_options(la)
+
+    sub.add_parser("cflags", help="print the compiler flag that finds mmapipc_record.h")
 
     de = sub.add_parser("demo", help="show writers and readers talking, C and Python")
     de.add_argument("--seconds", type=_seconds, metavar="SEC", default=4.0,
@@ -322,6 +326,8 @@ def _cmd_layout(args: argparse.Namespace) -> int:
     from mmapipc.layout import Layout
     from mmapipc.peers import CompilerError, find_compiler
 
+    if args.c_defines and args.json:
+        raise ValueError("--c and --json: choose one")
     _check_header(args.header)
     layout = Layout.from_file(args.header, args.struct, include_dirs=args.include_dir,
                               defines=args.define, cc=args.cc)
@@ -333,12 +339,36 @@ def _cmd_layout(args: argparse.Namespace) -> int:
         if not cc:
             raise ValueError("--check needs a C compiler (set CC, or install cc/gcc/clang)")
         report = layout.check(cc if args.cc else None)
-    if args.json:
+    if args.c_defines:
+        loops.emit(sys.stdout, _c_defines(layout).encode("utf-8", "surrogateescape"))
+    elif args.json:
         loops.emit(sys.stdout, layout.to_json().encode("utf-8", "surrogateescape"))
     else:
         loops.emit(sys.stdout, layout.table().encode("utf-8", "surrogateescape"))
     if args.check:
-        loops.emit(sys.stderr if args.json else sys.stdout, f"check: {report}\n".encode())
+        machine = args.json or args.c_defines  # output for tools: the report goes to stderr
+        loops.emit(sys.stderr if machine else sys.stdout, f"check: {report}\n".encode())
+    return 0
+
+
+def _c_defines(layout: Layout) -> str:
+    """#defines naming a struct's size and lock offsets, for mmapipc_rec_open()."""
+    name = layout.name.split()[-1] if layout.name.split() else layout.name
+    prefix = "".join(c if c.isascii() and c.isalnum() else "_" for c in name).upper()
+    if not prefix or prefix[0].isdigit():
+        prefix = "_" + prefix
+    if layout.lock_offsets is None:
+        raise ValueError(f"{layout.name}: no run of 3 padding bytes for the seq lock"
+                         " (open it with marker and seq offsets -1, -1: readers compare copies)")
+    marker, seq = layout.lock_offsets
+    return (f"#define {prefix}_SIZE {layout.size}\n#define {prefix}_MARKER {marker}\n"
+            f"#define {prefix}_SEQ {seq}\n")
+
+
+def _cmd_cflags(args: argparse.Namespace) -> int:
+    from mmapipc import get_include
+
+    loops.emit(sys.stdout, f"-I{get_include()}\n".encode("utf-8", "surrogateescape"))
     return 0
 
 
@@ -411,6 +441,7 @@ COMMANDS = {
     "watch": _cmd_watch,
     "dump": _cmd_dump,
     "layout": _cmd_layout,
+    "cflags": _cmd_cflags,
     "demo": _cmd_demo,
     "bridge": _cmd_bridge,
 }
