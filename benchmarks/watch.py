@@ -25,10 +25,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
 from pathlib import Path
 from typing import Any
 
-from mmapipc import Reader, Student
+import mmapipc
+from mmapipc import Reader, Student, Writer
 from mmapipc.mapping import IDLE_AFTER, IDLE_GAP, MAX_GAP
 from mmapipc.peers import find_compiler
 
@@ -39,6 +41,7 @@ LEAD = 0.3      # the reader watches this long before the writer starts
 
 WRITER_C = r"""
 #define _GNU_SOURCE
+#include "mmapipc_record.h"
 #include <fcntl.h>
 #include <math.h>
 #include <stdint.h>
@@ -67,7 +70,9 @@ static void at(long long t)
 /* writer PATH COUNT MODE GAP_NS [BURST_COUNT BURST_GAP_NS]
  * MODE: abs (absolute schedule), rel (sleep GAP after each store, like mmap_w's
  * sleep(1)), poisson (random gaps of mean GAP, absolute schedule), burst (COUNT
- * stores GAP apart, then BURST_COUNT stores BURST_GAP apart). */
+ * stores GAP apart, then BURST_COUNT stores BURST_GAP apart).  A mode starting
+ * with n ("nabs", "npoisson") stores through mmapipc_record.h instead: the
+ * sequence lock, and a futex wake-up after each store. */
 int main(int argc, char **argv)
 {
     if (argc < 5)
@@ -75,6 +80,7 @@ int main(int argc, char **argv)
     long count = atol(argv[2]), extra = argc > 5 ? atol(argv[5]) : 0;
     long long gap = atoll(argv[4]), burst_gap = argc > 6 ? atoll(argv[6]) : 0;
     const char *mode = argv[3];
+    mmapipc_rec *rec = NULL;
     int fd = open(argv[1], O_RDWR);
     struct STU s = {0, "", 'm'};
     struct STU *m = mmap(NULL, sizeof s, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -82,6 +88,13 @@ int main(int argc, char **argv)
     unsigned long long rng = 88172645463325252ULL;
     if (fd < 0 || m == MAP_FAILED || stamps == NULL)
         return 3;
+    if (mode[0] == 'n') {
+        rec = mmapipc_rec_open(argv[1], sizeof s, MMAPIPC_STU_MARKER, MMAPIPC_STU_SEQ,
+                               MMAPIPC_REC_WRITE);
+        if (rec == NULL)
+            return 4;
+        mode++;
+    }
     for (long i = 0; i < count + extra; i++) {
         long long g = i >= count ? burst_gap : gap;
         if (strcmp(mode, "poisson") == 0) {
@@ -101,7 +114,10 @@ int main(int argc, char **argv)
         stamps[i] = now_ns();
         memset(s.name, 0, sizeof s.name);
         snprintf(s.name, sizeof s.name, "%lld", stamps[i]);
-        memcpy(m, &s, sizeof s);
+        if (rec != NULL)
+            mmapipc_rec_store(rec, &s);
+        else
+            memcpy(m, &s, sizeof s);
     }
     for (long i = 0; i < count + extra; i++)
         printf("%lld\n", stamps[i]);
@@ -115,7 +131,8 @@ def build_writer(tmp: Path) -> Path | None:
     cc = find_compiler()
     src, exe = tmp / "writer.c", tmp / "writer"
     src.write_text(WRITER_C)
-    if cc is None or subprocess.run([cc, "-O2", "-o", str(exe), str(src), "-lm"],
+    include = f"-I{mmapipc.get_include()}"
+    if cc is None or subprocess.run([cc, "-O2", include, "-o", str(exe), str(src), "-lm"],
                                     capture_output=True, check=False).returncode != 0:
         print("watch benchmark skipped: no working C compiler", file=sys.stderr)
         return None
@@ -210,17 +227,23 @@ def run_case(exe: Path, tmp: Path, label: str, writer: list[str], reader: dict[s
     }
 
 
-def idle_case(seconds: float, how: str) -> dict[str, Any]:
-    """No writer at all: what waiting costs."""
+def idle_case(seconds: float, how: str, notifying: bool = False) -> dict[str, Any]:
+    """No writer at all: what waiting costs (on a plain record, or on one that a notifying
+    Writer stored last, where the wait sleeps on its futex)."""
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "idle.bin"
-        path.write_bytes(RECORD.pack(1, b"idle", b"m"))
+        if notifying:
+            with Writer(path) as w:
+                w.write(Student(1, "idle", "m"))
+        else:
+            path.write_bytes(RECORD.pack(1, b"idle", b"m"))
         cfg = {"path": str(path), "last": 1, "how": how, "gap": IDLE_GAP,
                "idle_end": seconds}
         proc = subprocess.run([sys.executable, str(SCRIPT), "--reader", json.dumps(cfg)],
                               capture_output=True, text=True, check=True, timeout=seconds + 60)
         data = json.loads(proc.stdout.splitlines()[-1])
-    return {"case": "idle: no writer", "reader": how,
+    label = "idle: a notifying Writer's record" if notifying else "idle: no writer"
+    return {"case": label, "reader": how,
             "cpu_percent": 100 * data["cpu_ns"] / data["wall_ns"],
             "polls": data["stats"].get("polls", 0)}
 
@@ -238,6 +261,8 @@ CASES: list[tuple[str, list[str], dict[str, Any], int, dict[str, float]]] = [
      ["20", "abs", "50000000", "6", "3000000"], {}, 0, {}),
     ("C writer, 1 kHz regular, busy=True", ["2000", "abs", "1000000"], {"busy": True}, 0,
      {"p50_us": 5}),
+    ("notifying C writer (mmapipc_record.h), 1 kHz Poisson gaps",
+     ["2000", "npoisson", "1000000"], {}, 0, {"p50_us": 20, "p99_us": 200, "cpu_percent": 1}),
 ]
 ALTERNATIVE = {"how": "stdlib", "gap": MAX_GAP}
 
@@ -252,6 +277,22 @@ def _targets(row: dict[str, Any], targets: dict[str, float]) -> str:
         unit = "%" if key == "cpu_percent" else " us"
         marks.append(f"{name} <= {limit:g}{unit}: {'met' if row[key] <= limit else 'MISSED'}")
     return "; ".join(marks)
+
+
+def write_costs(tmp_dir: Path | None) -> str:
+    """ns per Writer.write() of a prebuilt Student, waking waiters or not, in one run."""
+    with tempfile.TemporaryDirectory(dir=tmp_dir) as d:
+        rec, n = Student(1, "cost", "m"), 200_000
+        best = {}
+        for notify in (False, True):
+            with Writer(Path(d) / f"w{notify}.bin", notify=notify) as w:
+                write = w.write
+                best[notify] = min(timeit.repeat(lambda: write(rec), number=n, repeat=5)) / n
+    ratio = best[True] / best[False]
+    return ("| write of a prebuilt Student | ns |\n|---|---:|\n"
+            f"| notify=False | {best[False] * 1e9:.0f} |\n| notify=True (default) |"
+            f" {best[True] * 1e9:.0f} |\n| ratio (target <= 2) | {ratio:.2f}:"
+            f" {'met' if ratio <= 2 else 'MISSED'} |")
 
 
 def markdown(rows: list[tuple[dict[str, Any], dict[str, float]]]) -> str:
@@ -290,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         idle_s = 1.0 if args.quick else 5.0
         rows.append((idle_case(idle_s, "mmapipc"), {"cpu_percent": 0.5}))
         rows.append((idle_case(idle_s, "stdlib"), {}))
+        rows.append((idle_case(idle_s, "mmapipc", notifying=True), {"cpu_percent": 0.1}))
         for label, writer, reader, skip, targets in CASES:
             if args.quick:
                 writer = [str(min(int(writer[0]), 200 if writer[1] != "rel" else 4)),
@@ -301,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                                skip_first=skip)
                 rows.append((alt, {}))
     print(markdown(rows))
+    print("\n" + write_costs(tmp_dir=None))
     print("\nstdlib = mmap + a check every max_gap with time.sleep (same contract, by hand).")
     if args.json:
         Path(args.json).write_text(json.dumps([r for r, _ in rows], indent=2) + "\n")
