@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import timeit
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -286,8 +287,8 @@ def write_costs(tmp_dir: Path | None) -> str:
         best = {}
         for notify in (False, True):
             with Writer(Path(d) / f"w{notify}.bin", notify=notify) as w:
-                write = w.write
-                best[notify] = min(timeit.repeat(lambda: write(rec), number=n, repeat=5)) / n
+                best[notify] = min(timeit.repeat(partial(w.write, rec), number=n,
+                                                 repeat=5)) / n
     ratio = best[True] / best[False]
     return ("| write of a prebuilt Student | ns |\n|---|---:|\n"
             f"| notify=False | {best[False] * 1e9:.0f} |\n| notify=True (default) |"
