@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,13 @@ CSRC = ROOT / "csrc"
 
 @pytest.fixture(scope="session", autouse=True)
 def _outside_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Run from a scratch directory, so child Pythons cannot import the source tree."""
+    """Run from a scratch directory, so child Pythons cannot import the source tree.
+
+    Run as a background job, the tests inherit SIGINT ignored, and so would every process
+    they start (a Python started with SIGINT ignored never raises KeyboardInterrupt): give
+    it a handler, which exec resets to the default in each child."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     old = os.getcwd()
     os.chdir(tmp_path_factory.mktemp("cwd"))
     os.environ["PYTHONSAFEPATH"] = "1"
