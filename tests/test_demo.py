@@ -79,8 +79,23 @@ def test_c_and_python_lines_arrive_live_with_side_and_time(cc: str) -> None:
         c_ids = [int(t.split()[0].removeprefix("id=")) for t in seen["Python write -> C mmap_r"]]
         assert c_ids == sorted(c_ids) and c_ids[0] >= 100, c_ids
     finally:
-        p.kill()
-        p.wait()
+        _stop(p)
+
+
+def _stop(p: subprocess.Popen[bytes]) -> None:
+    """End the demo as a user would (SIGTERM: it stops its children and removes its files),
+    then anything left in its process group (its own session)."""
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    p.wait()
 
 
 def _interrupt(sig: signal.Signals) -> None:
@@ -96,8 +111,7 @@ def _interrupt(sig: signal.Signals) -> None:
         took = time.monotonic() - sent
     finally:
         if p.poll() is None:
-            p.kill()
-            p.wait()
+            _stop(p)
     # A generous functional bound (the demo itself takes well under 0.5 s): not a benchmark.
     assert took < 2.0, f"the demo took {took:.2f} s to stop"
     assert p.stderr is not None
