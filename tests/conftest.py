@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # checkout from sys.path (`python -m pytest` puts it there) before importing mmapipc.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
 
+from mmapipc import Student  # noqa: E402
 from mmapipc.peers import build_peer, compile_c, find_compiler  # noqa: E402
 
 CSRC = ROOT / "csrc"
@@ -144,6 +145,12 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
     yield started
     reap(started)
+
+
+def numbered(n: int) -> Student:
+    """A record whose fields all follow from its id (name 6 to 19 bytes, sex by parity), so
+    a record that is half one store and half another shows."""
+    return Student(n, f"n{n % 100000:05d}" + "abcdefghijklm"[: n % 14], "mf"[n % 2])
 
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as two users")

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, numbered, run_cli
 
 from mmapipc import Reader, Student, Writer, get_include
 from mmapipc.peers import build_peer
@@ -27,10 +27,6 @@ READ_TARGET = 1_000_000
 
 Build = Callable[[str, str | Path], Path]
 
-
-def numbered(n: int) -> Student:
-    """A record whose fields all follow from its id (name 6 to 19 bytes, sex by parity)."""
-    return Student(n, f"n{n % 100000:05d}" + "abcdefghijklm"[: n % 14], "mf"[n % 2])
 
 
 NUMBERED_C = r"""

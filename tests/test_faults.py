@@ -21,16 +21,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from conftest import start_cli
+from conftest import numbered, start_cli
 
 from mmapipc import FileTooShortError, Reader, Student, Writer
 
 PATIENCE = 30.0  # seconds before a wait that should end is called a failure (not a timing check)
 
-
-def numbered(n: int) -> Student:
-    """A record whose fields all follow from its id, so a mix of two records shows."""
-    return Student(n, f"n{n % 100000:05d}" + "abcdefghijklm"[: n % 14], "mf"[n % 2])
 
 
 def is_consistent(record: Student) -> bool:

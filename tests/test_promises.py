@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import as_nobody, root_only, run_script
+from conftest import as_nobody, numbered, root_only, run_script
 
 import mmapipc.mapping
 from mmapipc import (
@@ -34,10 +34,6 @@ from mmapipc.mapping import SIZE_CHECK
 HAMMER = 5.0  # seconds each torn/stale hammer runs
 PATIENCE = 60.0
 
-
-def numbered(n: int) -> Student:
-    """A record whose fields all follow from its id."""
-    return Student(n, f"n{n % 100000:05d}" + "abcdefghijklm"[: n % 14], "mf"[n % 2])
 
 
 def big_layout(ints: int) -> Layout:

@@ -15,17 +15,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mmapipc import Student, Writer
+from conftest import numbered
+
+from mmapipc import Writer
 
 SECONDS = 3.0  # how long the readers run, per writer
 READERS = {"read": 3, "raw": 3}  # reader processes by method: 6 readers + 1 writer on 2 cores
 PATIENCE = 60.0
 PERIOD = 2002  # records the writers cycle through: a multiple of 14 and of 2
 
-
-def numbered(n: int) -> Student:
-    """A record whose fields all follow from its id (name 6 to 19 bytes, sex by parity)."""
-    return Student(n, f"n{n % 100000:05d}" + "abcdefghijklm"[: n % 14], "mf"[n % 2])
 
 
 PY_WRITER = f"""
