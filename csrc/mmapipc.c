@@ -264,14 +264,8 @@ mmapipc_channel *mmapipc_new(size_t size, int marker_off, int seq_off)
     ch = calloc(1, sizeof *ch);
     if (ch == NULL)
         return NULL;
-    ch->copy = malloc(3 * size);
-    if (ch->copy == NULL) {
-        free(ch);
-        return NULL;
-    }
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, at_fork_once);
-    ch->scratch = ch->copy + size;
     pthread_mutex_init(&ch->lock, NULL);
     ch->forks = atomic_load(&fork_generation);
     ch->fd = -1;
@@ -566,6 +560,18 @@ fail_errno:
     return MMAPIPC_EOS;
 }
 
+/* A reader's copies (the last record, and two to work in); a writer has none. */
+static int reader_buffers(mmapipc_channel *ch, int flags)
+{
+    if ((flags & MMAPIPC_WRITE) || ch->copy != NULL)
+        return 0;
+    ch->copy = malloc(3 * ch->geo.size);
+    if (ch->copy == NULL)
+        return MMAPIPC_EOS;
+    ch->scratch = ch->copy + ch->geo.size;
+    return 0;
+}
+
 int mmapipc_open(mmapipc_channel *ch, const char *path, int flags)
 {
     struct stat st;
@@ -576,7 +582,9 @@ int mmapipc_open(mmapipc_channel *ch, const char *path, int flags)
         return MMAPIPC_EOS;
     lock_channel(ch);
     rc = ch->map != NULL ? (errno = EBUSY, MMAPIPC_EOS)
-                         : map_file(ch, path, flags, &map, &fd, &st);
+                         : reader_buffers(ch, flags);
+    if (rc == 0)
+        rc = map_file(ch, path, flags, &map, &fd, &st);
     if (rc == 0) {
         free(ch->path);
         ch->path = copy;
@@ -634,6 +642,19 @@ static int enter(mmapipc_channel *ch)
     pthread_mutex_unlock(&ch->lock);
     errno = EBADF;
     return MMAPIPC_EOS;
+}
+
+/* enter() for the calls that compare with the last record: a reader's (EBADF
+ * on a writer's channel, as read() on a descriptor open for writing only). */
+static int enter_reader(mmapipc_channel *ch)
+{
+    int rc = enter(ch);
+    if (rc == 0 && ch->copy == NULL) {
+        pthread_mutex_unlock(&ch->lock);
+        errno = EBADF;
+        return MMAPIPC_EOS;
+    }
+    return rc;
 }
 
 static int leave(mmapipc_channel *ch, int rc)
@@ -833,7 +854,7 @@ int mmapipc_forget(mmapipc_channel *ch)
 
 int mmapipc_load(mmapipc_channel *ch, char *out)
 {
-    int rc = enter(ch);
+    int rc = enter_reader(ch);
     if (rc != 0)
         return rc;
     return leave(ch, load_locked(ch, out));
@@ -892,7 +913,7 @@ static int poll_locked(mmapipc_channel *ch, int64_t every, uint32_t *word, int *
 
 int mmapipc_poll(mmapipc_channel *ch)
 {
-    int rc = enter(ch);
+    int rc = enter_reader(ch);
     if (rc != 0)
         return rc;
     uint32_t word;
@@ -1016,7 +1037,7 @@ int mmapipc_wait(mmapipc_channel *ch, int64_t timeout, int resume)
 {
     int64_t start = now_ns(), now = start, bound = 0;
     uint32_t word = 0;
-    int notify = 0, rc = enter(ch);
+    int notify = 0, rc = enter_reader(ch);
     if (rc != 0)
         return rc;
     if (!ch->wp.busy)

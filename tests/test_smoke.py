@@ -85,3 +85,17 @@ def test_lock_bytes_in_either_order(tmp_path: Path) -> None:
         after = r.stats
         assert after["seqlock_reads"] > before["seqlock_reads"]
         assert after["fallback_reads"] == before["fallback_reads"]
+
+
+def test_a_writers_channel_holds_no_reader_buffers_and_refuses_reads(tmp_path: Path) -> None:
+    """Only a reader keeps copies of the record (three record sizes); a writer's channel
+    refuses the reader's calls with EBADF instead of touching buffers it does not have."""
+    import errno
+
+    w = ffi.gc(lib.mmapipc_new(RECORD_SIZE, 25, 26), lib.mmapipc_free)
+    assert lib.mmapipc_open(w, str(tmp_path / "f").encode(), lib.MMAPIPC_WRITE) == 0
+    out = ffi.new("char[]", RECORD_SIZE)
+    for rc in (lib.mmapipc_load(w, out), lib.mmapipc_poll(w), lib.mmapipc_wait(w, 1000, 0)):
+        assert rc == lib.MMAPIPC_EOS
+    assert ffi.errno == errno.EBADF
+    assert lib.mmapipc_load_raw(w, out) == 0  # a raw copy needs no buffer of ours
