@@ -35,7 +35,14 @@ enum trust {
     TRUST_LOADED,   /* copy holds the last record loaded */
 };
 
-#define NGAPS 8
+#define NGAPS 16
+
+/* A change seen by a wait: when it landed, as the middle of the time between
+ * the look before and the look that saw it, and half that time (how far off
+ * the estimate may be). */
+struct change {
+    int64_t at, halfw;
+};
 
 struct mmapipc_channel {
     pthread_mutex_t lock;     /* held by every call that touches the mapping */
@@ -55,7 +62,14 @@ struct mmapipc_channel {
     struct mmapipc_wait_params wp;
     int64_t last_poll;        /* wait: when the record was last looked at */
     int notified;             /* wait: the last look found a notifying writer */
-    int64_t changes[NGAPS];   /* wait: estimated times of the last changes */
+    struct change changes[NGAPS]; /* wait: the last changes seen */
+    int64_t aim;              /* wait: where a regular writer's next change is looked for first */
+    int aim_hits;             /* wait: changes in a row found by the look at the aim */
+    int aimed;                /* wait: the look under way is the one at the aim */
+    int64_t win_lo, win_hi;   /* wait: the window the next look belongs to (0, 0: none) */
+    int in_step;              /* wait: changes found in their windows lately (-4..4) */
+    int64_t planned;          /* wait: when the timed sleep under way should end (0: none) */
+    int64_t lateness;         /* wait: how late timed sleeps end, typically */
     int nchanges;
     struct mmapipc_stats st;
 };
@@ -344,6 +358,9 @@ static void reset_reader(mmapipc_channel *ch)
     ch->have = TRUST_NONE;
     ch->rs.stuck_valid = 0;
     ch->nchanges = 0;
+    ch->aim = ch->win_lo = ch->win_hi = 0;
+    ch->in_step = ch->aim_hits = ch->aimed = 0;
+    ch->planned = ch->lateness = 0;
 }
 
 /* ---- open and close ---------------------------------------------------- */
@@ -923,48 +940,117 @@ int mmapipc_poll(mmapipc_channel *ch)
 
 /* ---- waiting ----------------------------------------------------------- */
 
-/* How closely to look around the time a regular writer is due. */
+/* How closely to look where a regular writer's change is due. */
 #define FINE_NS 50000
 
-/* The period of a regular writer: the mean gap between the estimated times
- * of its last changes, and in *spread how far the gaps stray; 0 if there are
- * too few, or they stray more than a quarter of it (an irregular writer). */
-static int64_t writer_period(const mmapipc_channel *ch, int64_t *spread)
+/* A writer slower than this gets its looks planned earlier by the lateness of
+ * wake-ups, for the least latency: the extra looks that costs (a look that
+ * lands before the change, then one more) are nothing at its pace.  A faster
+ * writer's looks stay as planned: they land a little after the change, one
+ * look a change, which is what its CPU needs. */
+#define SLOW_NS 10000000
+
+/* A writer that sleeps between its stores strays from its period by at least
+ * this fraction of it (mmap_w's sleep(1): 0.1-0.2 ms here), whatever the
+ * closest estimates say. */
+#define STRAY 2000
+
+/* A regular writer: its period, how far the period may be off, and how far
+ * its gaps stray beyond what the estimates of its changes allow. */
+struct rhythm {
+    int64_t period, uperiod, jitter;
+};
+
+/* The period: the median of the gaps seen closely (both ends found by close
+ * looks), which a writer that sleeps after each store keeps although its
+ * changes wander and a late one moves all the later ones; else the time
+ * between the two changes that pin it down best.  How far off it may be:
+ * from those two changes. */
+static void best_period(const struct change *c, int n, struct rhythm *r)
 {
-    int n = ch->nchanges;
-    int64_t lo = INT64_MAX, hi = 0, period;
-    if (n < 3)
-        return 0;
-    for (int i = 1; i < n; i++) {
-        int64_t gap = ch->changes[i] - ch->changes[i - 1];
-        lo = gap < lo ? gap : lo;
-        hi = gap > hi ? gap : hi;
-    }
-    period = (ch->changes[n - 1] - ch->changes[0]) / (n - 1);
-    *spread = hi - lo;
-    return period > 0 && hi - lo <= period / 4 ? period : 0;
+    int64_t best = INT64_MAX, close[NGAPS];
+    int m = 0;
+    for (int i = 0; i < n - 1; i++)
+        for (int j = i + 1; j < n; j++) {
+            int64_t u = (c[i].halfw + c[j].halfw) / (j - i);
+            if (u < best) {
+                best = u;
+                r->period = (c[j].at - c[i].at) / (j - i);
+                r->uperiod = u;
+            }
+        }
+    for (int i = 1; i < n; i++)
+        if (c[i].halfw + c[i - 1].halfw <= 4 * FINE_NS)
+            close[m++] = c[i].at - c[i - 1].at;
+    for (int i = 1; i < m; i++)   /* insertion sort: m < NGAPS */
+        for (int j = i; j > 0 && close[j - 1] > close[j]; j--) {
+            int64_t t = close[j];
+            close[j] = close[j - 1];
+            close[j - 1] = t;
+        }
+    if (m > 0)
+        r->period = close[(m - 1) / 2];
 }
 
-/* A change was seen at now.  It landed after the previous look: remember the
- * middle when that look was a close one, else take it as seen FINE_NS/2 after
- * it landed (a look at the bound finds it there; a middle that far off would
- * make a regular writer look irregular, and it never gets a close look). */
+/* Is the writer regular?  From three changes on: each gap, less what the
+ * estimates of its two ends allow, strays at most a quarter of the period.
+ * (Changes seen only by looks far apart cannot tell: whether looking where
+ * the changes are due works is kept by score_window, in in_step.) */
+static int writer_rhythm(const mmapipc_channel *ch, struct rhythm *r)
+{
+    const struct change *c = ch->changes;
+    int n = ch->nchanges;
+    if (n < 3)
+        return 0;
+    best_period(c, n, r);
+    r->jitter = 0;
+    for (int i = 1; i < n; i++) {
+        int64_t off = c[i].at - c[i - 1].at - r->period;
+        off = (off < 0 ? -off : off) - c[i].halfw - c[i - 1].halfw;
+        r->jitter = off > r->jitter ? off : r->jitter;
+    }
+    return r->period > 0 && r->jitter <= r->period / 4 && r->uperiod <= r->period / 4;
+}
+
+/* A change was seen at now: it landed between the look before and this one. */
 static void note_change(mmapipc_channel *ch, int64_t now)
 {
-    int64_t since = ch->last_poll > 0 ? now - ch->last_poll : 0;
-    int64_t landed = now - (since < 2 * FINE_NS ? since : FINE_NS) / 2;
+    int64_t since = ch->last_poll > 0 && ch->last_poll < now ? now - ch->last_poll
+                                                              : ch->wp.idle_gap;
     if (ch->nchanges == NGAPS) {
         memmove(ch->changes, ch->changes + 1, (NGAPS - 1) * sizeof ch->changes[0]);
         ch->nchanges--;
     }
-    ch->changes[ch->nchanges++] = landed;
+    ch->changes[ch->nchanges++] = (struct change){now - since / 2, since / 2 + 1};
+}
+
+/* Where to look first for a fast regular writer's next change.  When the
+ * look there found it, the change came earlier than that, by an unknown
+ * amount: aim earlier next time, by twice as much after each such hit in a
+ * row.  Else aim just before where this look found it, a period on.  So the
+ * first look lands just after the change most of the time, and one look a
+ * change is the rule.  A slow writer's whole window is looked at instead:
+ * looks are cheap at its pace. */
+static void aim_next(mmapipc_channel *ch, int64_t now)
+{
+    struct rhythm r;
+    if (!ch->wp.predict || !writer_rhythm(ch, &r) || r.period >= SLOW_NS) {
+        ch->aim = 0;
+        ch->aim_hits = 0;
+    } else if (ch->aimed) {
+        ch->aim += r.period - ((int64_t)FINE_NS / 4 << ch->aim_hits);
+        ch->aim_hits += ch->aim_hits < 6;
+    } else {
+        ch->aim = now + r.period - FINE_NS / 4;
+        ch->aim_hits = 0;
+    }
 }
 
 /* The gap in force: max_gap while the writer changed the record within
  * idle_after, idle_gap after a longer silence. */
 static int64_t gap_in_force(const mmapipc_channel *ch, int64_t now)
 {
-    int64_t last = ch->nchanges ? ch->changes[ch->nchanges - 1] : 0;
+    int64_t last = ch->nchanges ? ch->changes[ch->nchanges - 1].at : 0;
     return last > 0 && now - last < ch->wp.idle_after ? ch->wp.max_gap : ch->wp.idle_gap;
 }
 
@@ -975,22 +1061,107 @@ static inline int64_t allowance(int64_t gap)
     return gap / 8 < 500000 ? gap / 8 : 500000;
 }
 
-/* When to look next: a little before the gap in force runs out (room for a
- * wake-up that comes late), or sooner where a regular writer is due:
- * a first look half the spread of its gaps before its next change is due,
- * then every FINE_NS until that change is half the spread and FINE_NS late. */
-static int64_t next_look(const mmapipc_channel *ch, int64_t now)
+/* The window [*lo, *hi] in which a regular writer's k-th change after the
+ * last one seen is due: carried forward from the change that makes it
+ * narrowest, widened by the writer's jitter. */
+static void due_window(const mmapipc_channel *ch, const struct rhythm *r, int64_t k,
+                       int64_t *lo, int64_t *hi)
 {
-    int64_t gap = gap_in_force(ch, now), next = now + gap - allowance(gap), spread = 0;
-    int64_t period = ch->wp.predict ? writer_period(ch, &spread) : 0;
-    if (period > 0) {
-        int64_t last = ch->changes[ch->nchanges - 1], tail = spread / 2 + FINE_NS;
-        int64_t past = now - last - tail;
-        int64_t due = last + period * (past >= 0 ? past / period + 1 : 1);
-        int64_t soon = now < due - spread / 2 ? due - spread / 2 : now + FINE_NS;
-        next = soon < next ? soon : next;
+    const struct change *c = ch->changes;
+    int n = ch->nchanges;
+    int64_t best = INT64_MAX, due = 0;
+    for (int i = 0; i < n; i++) {
+        int64_t ahead = n - 1 - i + k, half = c[i].halfw + ahead * r->uperiod;
+        if (half < best) {
+            best = half;
+            due = c[i].at + ahead * r->period;
+        }
     }
-    return next;
+    best += r->jitter > r->period / STRAY ? r->jitter : r->period / STRAY;
+    *lo = due - best;
+    *hi = due + best;
+}
+
+/* Where to look next for a regular writer after a look at now, or 0: first
+ * where its next change was aimed at, then every FINE_NS across its window;
+ * once the window has passed empty (a late change), ever further apart
+ * until the window of the change after; nothing after that window (the
+ * writer has stopped, or changed its pace). */
+static int64_t window_look(mmapipc_channel *ch, const struct rhythm *r, int64_t now)
+{
+    int64_t lo, hi, lo2, hi2, first;
+    due_window(ch, r, 1, &lo, &hi);
+    due_window(ch, r, 2, &lo2, &hi2);
+    if (now >= hi2)
+        return 0;
+    if (now >= hi && now < lo2) {
+        int64_t late = now - hi > FINE_NS ? now - hi : FINE_NS;
+        ch->win_lo = lo2;
+        ch->win_hi = hi2;
+        return now + late < lo2 ? now + late : lo2;
+    }
+    if (now >= hi) {
+        lo = lo2;
+        hi = hi2;
+    }
+    first = ch->aim >= lo - FINE_NS && ch->aim < hi ? ch->aim : lo;
+    ch->win_lo = first;
+    ch->win_hi = hi;
+    ch->aimed = now < first && first == ch->aim;
+    return now < first ? first : (now + FINE_NS < hi ? now + FINE_NS : hi);
+}
+
+/* Looks at a regular writer's windows may skip the allowance once this many
+ * of its changes in a row (net) were found inside them. */
+#define IN_STEP 3
+
+/* When to look next after a look at now: a little before the gap in force
+ * runs out (room for a wake-up that comes late), or sooner where a regular
+ * writer's next change is due: first where it was aimed at, then every fine
+ * step across its window.  A writer found in step with its windows is looked
+ * at there alone when that is no later than the gap.  Never a nap longer than
+ * the bound in force.  Notes the window the look belongs to. */
+static int64_t next_look(mmapipc_channel *ch, int64_t now)
+{
+    int64_t gap = gap_in_force(ch, now), bound = now + gap - allowance(gap), at = 0, soon;
+    struct rhythm r;
+    ch->win_lo = ch->win_hi = 0;
+    ch->aimed = 0;
+    if (ch->wp.predict && writer_rhythm(ch, &r))
+        at = window_look(ch, &r, now);
+    if (at == 0 || at > (ch->in_step >= IN_STEP ? now + gap : bound)) {
+        ch->aimed = 0;
+        return bound;
+    }
+    if (r.period < SLOW_NS)
+        return at;
+    /* planned as much earlier as sleeps end late, to land where it is meant
+     * to; never sooner than a quarter step from now */
+    soon = at < now + FINE_NS / 4 ? at : now + FINE_NS / 4;
+    return at - ch->lateness > soon ? at - ch->lateness : soon;
+}
+
+/* Keep count of whether a regular writer's changes come inside their windows:
+ * not found before the window began, nor after it ended empty. */
+static void score_window(mmapipc_channel *ch, int64_t now)
+{
+    if (ch->win_hi == 0)
+        return;
+    if (now >= ch->win_lo && ch->last_poll <= ch->win_hi)
+        ch->in_step += ch->in_step < 4;
+    else
+        ch->in_step = ch->in_step > -2 ? ch->in_step - 2 : -4;
+}
+
+/* Learn how late a timed sleep typically ends (a running average, outliers
+ * left out), so that looks at a regular writer's window can be planned that
+ * much earlier and land where they are meant to. */
+static void note_lateness(mmapipc_channel *ch, int64_t now)
+{
+    int64_t late = now - ch->planned;
+    if (ch->planned > 0 && late >= 0 && late < 10 * FINE_NS)
+        ch->lateness += (late - ch->lateness) / 16;
+    ch->planned = 0;
 }
 
 /* One look in the wait: 1 changed, 0 not, < 0 an error.  A look later than
@@ -1001,8 +1172,12 @@ static int look(mmapipc_channel *ch, int64_t now, int64_t bound, uint32_t *word,
     ch->st.polls++;
     if (bound > 0 && now > bound)
         ch->st.late_polls++;
-    if (rc == 1)
+    note_lateness(ch, now);
+    if (rc == 1) {
+        score_window(ch, now);
         note_change(ch, now);
+        aim_next(ch, now);
+    }
     ch->last_poll = now;
     return rc;
 }
@@ -1027,6 +1202,7 @@ static int pause_wait(mmapipc_channel *ch, int64_t now, int64_t end, uint32_t wo
         return futex_sleep(addr, word, end);
     }
     next = next_look(ch, now);
+    ch->planned = next < end ? next : 0;
     pthread_mutex_unlock(&ch->lock);
     if (next >= end)   /* the caller's next call looks first thing */
         return sleep_until(end) == 0 ? 1 : -1;
