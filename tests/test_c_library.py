@@ -7,6 +7,8 @@ against mmapipc.get_include(), and runs as a separate process.
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -15,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import assert_clean_error, numbered, run_cli
+from conftest import assert_clean_error, numbered, run_cli, start_cli
 
 from mmapipc import Reader, Student, Writer, get_include
 from mmapipc.peers import build_peer
@@ -226,6 +228,88 @@ def test_the_c_example_in_the_docs_compiles_and_talks_to_python(cbuild: Build,
         proc.kill()
         proc.wait(timeout=10)
     assert first.name == "xiaoming" and second.id == first.id + 1
+
+
+README_C_SECTION = "\n## Watch every change, from C too\n"
+
+
+def _readme_c_section() -> dict[str, str]:
+    """The fenced blocks (c, python, sh) of the README's section with the C writer."""
+    readme = (ROOT / "README.md").read_text()
+    assert README_C_SECTION in readme, "the README lost its C writer section"
+    section = readme.split(README_C_SECTION, 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^```(\w+)\n(.*?)^```$", section, re.S | re.M)
+    assert [lang for lang, _ in blocks] == ["c", "python", "sh"], blocks
+    return dict(blocks)
+
+
+def test_the_c_writer_in_the_readme_talks_to_the_python_watcher_beside_it(
+        cc: str, tmp_path: Path) -> None:
+    """The README's C program, built by the README's own command line (-Wall -Wextra -Werror
+    added), stores 10 records; the README's Python watcher, `mmapipc watch` and a Reader
+    here, all opened before its first store, see every one of them, in order."""
+    blocks = _readme_c_section()
+    assert len(blocks["c"].splitlines()) <= 15, "the README's C program grew past 15 lines"
+    build_and_run, watch_line = blocks["sh"].splitlines()
+    build, run = build_and_run.split("#")[0].strip().removesuffix("&").split(" && ")
+    assert watch_line.startswith("python3 watch.py ")
+    (tmp_path / "w.c").write_text(blocks["c"])
+    # cc and mmapipc as this test run has them: the compiler found, this interpreter's package
+    shell = (f"cc() {{ command {shlex.quote(cc)} \"$@\" -Wall -Wextra -Werror; }}\n"
+             f"mmapipc() {{ command {shlex.quote(sys.executable)} -m mmapipc \"$@\"; }}\n"
+             f"{build}\n")
+    proc = subprocess.run(["sh", "-c", shell], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert proc.returncode == 0 and proc.stderr == "", f"{build}: {proc.stderr}"
+
+    path = tmp_path / "stu"
+    path.write_bytes(bytes(28))  # the watchers open it before the writer's first store
+    assert '"/tmp/stu"' in blocks["python"] and " /tmp/stu" in run
+    watcher = subprocess.Popen(
+        [sys.executable, "-u", "-c", blocks["python"].replace('"/tmp/stu"', repr(str(path)))],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cli = start_cli("watch", path, "--timeout", "1")
+    writer: subprocess.Popen[bytes] | None = None
+    try:
+        assert watcher.stdout is not None and cli.stdout is not None
+        first = watcher.stdout.readline()  # both print the record at open: they are watching
+        cli_first = cli.stdout.readline()
+        with Reader(path) as r:
+            records = r.watch(timeout=1)
+            seen = [next(records)]  # the record at open, before the writer runs
+            writer = subprocess.Popen(shlex.split(run.replace("/tmp/stu", str(path))),
+                                      cwd=tmp_path, stderr=subprocess.PIPE)
+            seen += records
+        _, writer_err = writer.communicate(timeout=30)
+        out, err = watcher.communicate(timeout=30)
+        cli_out, cli_err = cli.communicate(timeout=30)
+    finally:
+        for p in (watcher, cli, writer):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+    stored = [Student(n, "xiaoming", "m") for n in range(10, 20)]
+    assert writer.returncode == 0, writer_err
+    assert seen == [Student(0, "", "\0"), *stored]
+    assert watcher.returncode == 0, err
+    assert first == f"{Student(0, '', chr(0))}\n"
+    assert out.splitlines() == [str(s) for s in stored]
+    assert out.splitlines()[0] in blocks["python"]  # what the README says it prints
+    assert cli.returncode == 0, cli_err
+    assert cli_first == Student(0, "", "\0").c_line()
+    assert cli_out == b"".join(s.c_line() for s in stored)
+
+
+def test_the_c_writer_in_the_readme_says_why_it_fails(cbuild: Build, tmp_path: Path) -> None:
+    """A usage error or a path it cannot open: perror's one line and a non-zero status."""
+    exe = cbuild("readme_w", _readme_c_section()["c"])
+    for args, message in (([], "usage: w FILE: Invalid argument\n"),
+                          ([str(tmp_path / "no" / "stu")],
+                           f"{tmp_path / 'no' / 'stu'}: No such file or directory\n"),
+                          (["a", "b"], "usage: w FILE: Invalid argument\n")):
+        proc = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=30,
+                              check=False)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", message), args
 
 
 def test_c_writer_on_the_header_to_python_reader_never_torn(cbuild: Build, tmp_path: Path) -> None:
