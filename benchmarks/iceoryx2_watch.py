@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
 import random
 import subprocess
 import sys
@@ -124,6 +125,7 @@ def subscriber_main(cfg: dict[str, Any]) -> None:
             s = sample.payload().contents
             seen.append((s.id, s.name.decode(), clock(mono)))
             quiet_since, done = clock(mono), done or s.id >= last_id
+            del s, sample  # given back before the next receive (2 may be borrowed at once)
     cpu, wall = watch.mark(cpu0, t0)
     del subscriber, listener, pubsub, event, node
     print(json.dumps({"seen": seen, "wall_ns": wall, "cpu_ns": cpu, "ready": ready,
@@ -212,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         print("iceoryx2_watch: iceoryx2 is not installed: pip install 'mmapipc[bench]'",
               file=sys.stderr)
         return 2
+    # iceoryx2 imports flatbuffers, which imports numpy where it is installed; numpy's
+    # OpenBLAS then starts a thread that spins for ~0.1 s, counted as the subscriber's CPU.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     writer = [str(200 if args.quick else int(WRITER[0])), "poisson", *WRITER[2:]]
     idle_s = 1.0 if args.quick else 5.0
     count, gap_ms = int(writer[0]), int(writer[2]) / 1e6
