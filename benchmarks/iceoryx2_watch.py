@@ -1,15 +1,16 @@
 """mmapipc's notifying watch next to iceoryx2 (publish-subscribe + event) in the same run.
 
-The exchange of watch.py's notifying case, run three ways: its C writer on
-mmapipc_record.h -> a Python Reader.watch(); a Python mmapipc Writer -> the same reader;
-and a Python iceoryx2 Publisher that sends a 28-byte struct STU sample and then notifies
-its event service -> a Python Subscriber that sleeps on the event's Listener until
-notified and takes every sample.  Every publisher stamps each record's name with its
-CLOCK_MONOTONIC time just before storing it, with the same count and 1 kHz Poisson gaps.
-Latency = seen - stored, CPU = the reader's getrusage user + system time over its whole
-window (as in watch.py: its opening, the 0.3 s before the first record, the watch),
-and again from its "ready" on (the opening left out).  The idle rows wait 5 s with no
-one storing or sending.
+The exchange of watch.py's notifying case, run four ways: its C writer on
+mmapipc_record.h -> a Python Reader.watch() (for reference); a Python mmapipc Writer -> the
+same reader; a Python iceoryx2 Publisher that sends a 28-byte struct STU sample and then
+notifies its event service -> a Python Subscriber that sleeps on the event's Listener until
+notified and takes every sample; the same with a subscriber buffer of 1 (the latest sample,
+as a record).  Every publisher stamps each record's name with its CLOCK_MONOTONIC time just
+before storing it, with the same count and 1 kHz Poisson gaps.  Latency = seen - stored;
+CPU = the reader's getrusage user + system time over its whole window (as in watch.py: its
+opening, the 0.3 s before the first record, the watch), from its first record on, and from
+its "ready" on (the opening left out).  The idle rows wait 5 s with no one storing or
+sending.
 
     pip install 'mmapipc[bench]'
     cd /tmp && python /path/to/benchmarks/iceoryx2_watch.py [--quick] [--json out.json]
