@@ -213,8 +213,13 @@ def exchange(label: str, writer: list[str], reader: list[str],
         proc.kill()
         proc.wait()
         raise RuntimeError(f"{label}: the reader did not start")
-    time.sleep(LEAD)
-    w = subprocess.run(writer, capture_output=True, text=True, check=True, timeout=600)
+    try:
+        time.sleep(LEAD)
+        w = subprocess.run(writer, capture_output=True, text=True, check=True, timeout=600)
+    except BaseException:  # a failed writer (or Ctrl-C) leaves no reader behind
+        proc.kill()
+        proc.wait()
+        raise
     out, _ = proc.communicate(timeout=120)
     return [int(x) for x in w.stdout.split()], json.loads(out)
 
