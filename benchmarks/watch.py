@@ -145,24 +145,32 @@ def _cpu_ns() -> int:
     return int((r.ru_utime + r.ru_stime) * 1e9)
 
 
+def mark(cpu0: int, t0: int) -> tuple[int, int]:
+    """This process's CPU time and the wall time (ns) since cpu0 and t0."""
+    return _cpu_ns() - cpu0, time.clock_gettime_ns(time.CLOCK_MONOTONIC) - t0
+
+
 def reader_main(cfg: dict[str, Any]) -> None:
     """The reader process: watch until the last id, then print one JSON line."""
     clock, mono = time.clock_gettime_ns, time.CLOCK_MONOTONIC
     path, last_id, how = cfg["path"], int(cfg["last"]), cfg.get("how", "mmapipc")
     seen: list[tuple[int, str, int]] = []
     stats: dict[str, int] = {}
+    first: tuple[int, int] | None = None
     cpu0, t0 = _cpu_ns(), clock(mono)
     if how == "stdlib":
         fd = os.open(path, os.O_RDONLY)
         mm = mmap.mmap(fd, RECORD.size, prot=mmap.PROT_READ)
         os.close(fd)
         gap, last = float(cfg["gap"]), mm[0:28]
+        ready = mark(cpu0, t0)
         print("ready", flush=True)
         quiet_since = time.monotonic()
         while time.monotonic() - quiet_since < cfg.get("idle_end", IDLE_END):
             cur = mm[0:28]
             if cur != last:
                 last = cur
+                first = first or mark(cpu0, t0)
                 i, n, _ = RECORD.unpack(cur)
                 seen.append((i, n.split(b"\0", 1)[0].decode(), clock(mono)))
                 quiet_since = time.monotonic()
@@ -175,14 +183,17 @@ def reader_main(cfg: dict[str, Any]) -> None:
         with Reader[Student](path, **options) as reader:
             feed = reader.watch(cfg.get("idle_end", IDLE_END))
             next(feed)
+            ready = mark(cpu0, t0)
             print("ready", flush=True)
             for s in feed:
+                first = first or mark(cpu0, t0)
                 seen.append((s.id, s.name, clock(mono)))
                 if s.id >= last_id:
                     break
             stats = reader.stats
-    wall, cpu = clock(mono) - t0, _cpu_ns() - cpu0
-    print(json.dumps({"seen": seen, "wall_ns": wall, "cpu_ns": cpu, "stats": stats}), flush=True)
+    cpu, wall = mark(cpu0, t0)
+    print(json.dumps({"seen": seen, "wall_ns": wall, "cpu_ns": cpu, "ready": ready,
+                      "first": first, "stats": stats}), flush=True)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -192,24 +203,39 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
-def run_case(exe: Path, tmp: Path, label: str, writer: list[str], reader: dict[str, Any],
-             *, skip_first: int = 0, max_gap: float = MAX_GAP) -> dict[str, Any]:
-    """One writer process and one reader process; what the reader saw, how late, CPU."""
-    path = tmp / "watch.bin"
-    path.write_bytes(RECORD.pack(0, b"0", b"m"))
-    count = int(writer[0]) + (int(writer[3]) if len(writer) > 3 else 0)
-    cfg = {"path": str(path), "last": count, **reader}
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--reader", json.dumps(cfg)],
-                            stdout=subprocess.PIPE, text=True, cwd=tmp)
+def exchange(label: str, writer: list[str], reader: list[str],
+             cwd: Path | None = None) -> tuple[list[int], dict[str, Any]]:
+    """Start the reader command, wait for its "ready", give it LEAD, run the writer command
+    to its end; the writer's store times (ns, one a line) and the reader's JSON line."""
+    proc = subprocess.Popen(reader, stdout=subprocess.PIPE, text=True, cwd=cwd)
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        proc.wait()
         raise RuntimeError(f"{label}: the reader did not start")
-    time.sleep(LEAD)
-    w = subprocess.run([str(exe), str(path), *writer], capture_output=True, text=True,
-                       check=True, timeout=600)
+    try:
+        time.sleep(LEAD)
+        w = subprocess.run(writer, capture_output=True, text=True, check=True, timeout=600)
+    except BaseException:  # a failed writer (or Ctrl-C) leaves no reader behind
+        proc.kill()
+        proc.wait()
+        raise
     out, _ = proc.communicate(timeout=120)
-    data = json.loads(out)
-    stored = [int(x) for x in w.stdout.split()]
+    return [int(x) for x in w.stdout.split()], json.loads(out)
+
+
+def cpu_since(data: dict[str, Any], key: str) -> float:
+    """The reader's CPU (% of a core) from its mark key ("ready": the opening left out;
+    "first": from its first record on) to its end."""
+    if not data.get(key):
+        return float("nan")
+    cpu, wall = (int(x) for x in data[key])
+    return 100 * (int(data["cpu_ns"]) - cpu) / (int(data["wall_ns"]) - wall)
+
+
+def summarize(label: str, stored: list[int], data: dict[str, Any], how: str, *,
+              skip_first: int = 0, max_gap: float = MAX_GAP) -> dict[str, Any]:
+    """What the reader saw of the stored records, how late (us), and its CPU."""
     seen = {i: (name, t) for i, name, t in data["seen"]}
     lat = [(t - stored[i - 1]) / 1000 for i, (_, t) in seen.items()
            if skip_first < i <= len(stored)]
@@ -222,10 +248,28 @@ def run_case(exe: Path, tmp: Path, label: str, writer: list[str], reader: dict[s
         "missed_examples_ms": [round(stayed[i - 1] * 1e3, 3) for i in missed_long[:5]],
         "p50_us": _pct(lat, 50), "p99_us": _pct(lat, 99), "max_us": max(lat, default=0.0),
         "cpu_percent": 100 * data["cpu_ns"] / data["wall_ns"],
+        "cpu_from_ready_percent": cpu_since(data, "ready"),
+        "cpu_from_first_percent": cpu_since(data, "first"),
         "late_polls": data["stats"].get("late_polls", 0),
-        "polls": data["stats"].get("polls", 0), "reader": reader.get("how", "mmapipc"),
+        "polls": data["stats"].get("polls", 0), "reader": how,
         "latencies_us": [round(x, 1) for x in lat[:50]],
     }
+
+
+def run_case(exe: Path | list[str], tmp: Path, label: str, writer: list[str],
+             reader: dict[str, Any], *, skip_first: int = 0,
+             max_gap: float = MAX_GAP) -> dict[str, Any]:
+    """One writer process (exe, a C writer or any command taking the same arguments) and
+    one reader process; what the reader saw, how late, CPU."""
+    path = tmp / "watch.bin"
+    path.write_bytes(RECORD.pack(0, b"0", b"m"))
+    count = int(writer[0]) + (int(writer[3]) if len(writer) > 3 else 0)
+    cfg = {"path": str(path), "last": count, **reader}
+    command = [str(exe)] if isinstance(exe, Path) else exe
+    stored, data = exchange(label, [*command, str(path), *writer],
+                            [sys.executable, str(SCRIPT), "--reader", json.dumps(cfg)], cwd=tmp)
+    return summarize(label, stored, data, reader.get("how", "mmapipc"),
+                     skip_first=skip_first, max_gap=max_gap)
 
 
 def idle_case(seconds: float, how: str, notifying: bool = False) -> dict[str, Any]:
@@ -246,6 +290,7 @@ def idle_case(seconds: float, how: str, notifying: bool = False) -> dict[str, An
     label = "idle: a notifying Writer's record" if notifying else "idle: no writer"
     return {"case": label, "reader": how,
             "cpu_percent": 100 * data["cpu_ns"] / data["wall_ns"],
+            "cpu_from_ready_percent": cpu_since(data, "ready"),
             "polls": data["stats"].get("polls", 0)}
 
 
