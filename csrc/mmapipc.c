@@ -44,6 +44,12 @@ struct change {
     int64_t at, halfw;
 };
 
+/* A regular writer: its period, how far the period may be off, and how far
+ * its gaps stray beyond what the estimates of its changes allow. */
+struct rhythm {
+    int64_t period, uperiod, jitter;
+};
+
 struct mmapipc_channel {
     pthread_mutex_t lock;     /* held by every call that touches the mapping */
     unsigned forks;           /* the fork generation the mutex was made in */
@@ -63,6 +69,8 @@ struct mmapipc_channel {
     int64_t last_poll;        /* wait: when the record was last looked at */
     int notified;             /* wait: the last look found a notifying writer */
     struct change changes[NGAPS]; /* wait: the last changes seen */
+    struct rhythm rhythm;     /* wait: the writer's, as the changes seen say */
+    int regular;              /* wait: rhythm holds (a regular writer) */
     int64_t aim;              /* wait: where a regular writer's next change is looked for first */
     int aim_hits;             /* wait: changes in a row found by the look at the aim */
     int aimed;                /* wait: the look under way is the one at the aim */
@@ -359,7 +367,7 @@ static void reset_reader(mmapipc_channel *ch)
     ch->rs.stuck_valid = 0;
     ch->nchanges = 0;
     ch->aim = ch->win_lo = ch->win_hi = 0;
-    ch->in_step = ch->aim_hits = ch->aimed = 0;
+    ch->in_step = ch->aim_hits = ch->aimed = ch->regular = 0;
     ch->planned = ch->lateness = 0;
 }
 
@@ -955,12 +963,6 @@ int mmapipc_poll(mmapipc_channel *ch)
  * closest estimates say. */
 #define STRAY 2000
 
-/* A regular writer: its period, how far the period may be off, and how far
- * its gaps stray beyond what the estimates of its changes allow. */
-struct rhythm {
-    int64_t period, uperiod, jitter;
-};
-
 /* The period: the median of the gaps seen closely (both ends found by close
  * looks), which a writer that sleeps after each store keeps although its
  * changes wander and a late one moves all the later ones; else the time
@@ -1022,6 +1024,7 @@ static void note_change(mmapipc_channel *ch, int64_t now)
         ch->nchanges--;
     }
     ch->changes[ch->nchanges++] = (struct change){now - since / 2, since / 2 + 1};
+    ch->regular = ch->wp.predict && writer_rhythm(ch, &ch->rhythm);
 }
 
 /* Where to look first for a fast regular writer's next change.  When the
@@ -1033,15 +1036,15 @@ static void note_change(mmapipc_channel *ch, int64_t now)
  * looks are cheap at its pace. */
 static void aim_next(mmapipc_channel *ch, int64_t now)
 {
-    struct rhythm r;
-    if (!ch->wp.predict || !writer_rhythm(ch, &r) || r.period >= SLOW_NS) {
+    const struct rhythm *r = &ch->rhythm;
+    if (!ch->regular || r->period >= SLOW_NS) {
         ch->aim = 0;
         ch->aim_hits = 0;
     } else if (ch->aimed) {
-        ch->aim += r.period - ((int64_t)FINE_NS / 4 << ch->aim_hits);
+        ch->aim += r->period - ((int64_t)FINE_NS / 4 << ch->aim_hits);
         ch->aim_hits += ch->aim_hits < 6;
     } else {
-        ch->aim = now + r.period - FINE_NS / 4;
+        ch->aim = now + r->period - FINE_NS / 4;
         ch->aim_hits = 0;
     }
 }
@@ -1124,16 +1127,15 @@ static int64_t window_look(mmapipc_channel *ch, const struct rhythm *r, int64_t 
 static int64_t next_look(mmapipc_channel *ch, int64_t now)
 {
     int64_t gap = gap_in_force(ch, now), bound = now + gap - allowance(gap), at = 0, soon;
-    struct rhythm r;
     ch->win_lo = ch->win_hi = 0;
     ch->aimed = 0;
-    if (ch->wp.predict && writer_rhythm(ch, &r))
-        at = window_look(ch, &r, now);
+    if (ch->regular)
+        at = window_look(ch, &ch->rhythm, now);
     if (at == 0 || at > (ch->in_step >= IN_STEP ? now + gap : bound)) {
         ch->aimed = 0;
         return bound;
     }
-    if (r.period < SLOW_NS)
+    if (ch->rhythm.period < SLOW_NS)
         return at;
     /* planned as much earlier as sleeps end late, to land where it is meant
      * to; never sooner than a quarter step from now */
@@ -1183,8 +1185,8 @@ static int look(mmapipc_channel *ch, int64_t now, int64_t bound, uint32_t *word,
 }
 
 /* Between two looks, without the channel's mutex: on a notifying writer's
- * futex until it stores (or the slice ends: a legacy writer that takes over
- * wakes nobody), else until the next look is due.  -1 on a signal; 1 when the
+ * futex until it stores (or MMAPIPC_RELOOK_NS passes), else until the next look is
+ * due.  -1 on a signal; 1 when the
  * slice ran out before the next look was due. */
 static int pause_wait(mmapipc_channel *ch, int64_t now, int64_t end, uint32_t word, int notify)
 {
@@ -1197,9 +1199,12 @@ static int pause_wait(mmapipc_channel *ch, int64_t now, int64_t end, uint32_t wo
     ch->notified = notify;
     if (notify) {
         _Atomic uint32_t *addr = futex_word(ch, ch->map);
+        int64_t until = now + MMAPIPC_RELOOK_NS < end ? now + MMAPIPC_RELOOK_NS : end;
+        int rc;
         ch->st.sleeps++;
         pthread_mutex_unlock(&ch->lock);
-        return futex_sleep(addr, word, end);
+        rc = futex_sleep(addr, word, until);
+        return rc == 1 && until < end ? 0 : rc;
     }
     next = next_look(ch, now);
     ch->planned = next < end ? next : 0;

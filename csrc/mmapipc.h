@@ -54,6 +54,10 @@ struct STU {
 #define MMAPIPC_SEQ_MARKER 0xA5
 #define MMAPIPC_NOTIFY_MARKER 0xA6
 
+/* A wait asleep on a notifying writer's futex looks at the record again after
+ * this long (ns): a legacy writer that takes over wakes nobody. */
+#define MMAPIPC_RELOOK_NS 200000000
+
 typedef struct mmapipc_channel mmapipc_channel;
 
 /* What a channel has counted. */

@@ -42,8 +42,11 @@ SIZE_CHECK = 0.01
 UNSTABLE_WAIT = 1.0
 # How often Reader(wait=True) looks for its file.
 OPEN_POLL = 0.01
-# The longest a wait stays in C before Python can run signal handlers.
+# The longest a wait stays in C before Python can run signal handlers, when other
+# threads could take a signal (Ctrl-C) meant for it; alone, it takes the signal itself
+# (the sleep ends with EINTR) and stays in C up to WAIT_SLICE_ALONE.
 WAIT_SLICE = 0.05
+WAIT_SLICE_ALONE = 1.0
 # The longest any duration argument may be (a year): beyond, a typo.
 LONGEST = 365 * 86400.0
 # The shortest gap a wait can keep (the clock's resolution is finer, a wake-up is not).
@@ -52,6 +55,7 @@ SHORTEST_GAP = 1e-6
 MAX_RECORD = 1 << 40
 
 _WAIT_SLICE_NS = int(WAIT_SLICE * 1e9)
+_WAIT_SLICE_ALONE_NS = int(WAIT_SLICE_ALONE * 1e9)
 _ETIMEDOUT = lib.MMAPIPC_ETIMEDOUT
 _EINTR = lib.MMAPIPC_EINTR
 
@@ -114,6 +118,14 @@ def seconds(value: float | None, what: str, *, none_ok: bool = True) -> float | 
         raise ValueError(f"{what} must be a number of seconds from 0 to {LONGEST:g},"
                          f" got {value!r}")
     return float(value)
+
+
+def _alone() -> bool:
+    """Whether this process has a single thread, so that a signal interrupts its wait."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
 
 
 def _ns(value: float) -> int:
@@ -458,7 +470,8 @@ class Reader(_Mapping[T]):
         """Wait for the next record that differs from the last one returned (to any thread).
 
         The wait runs in C without the GIL, in slices of WAIT_SLICE seconds so that
-        signal handlers (Ctrl-C) run between them.  Raises TimeoutError after timeout
+        signal handlers (Ctrl-C) run between them (of WAIT_SLICE_ALONE in a process of
+        one thread, where a signal ends the slice at once).  Raises TimeoutError after timeout
         (None or inf: no limit), ValueError if the Reader is closed meanwhile.
         """
         limit = seconds(timeout, "timeout")
@@ -466,8 +479,9 @@ class Reader(_Mapping[T]):
         before = self._last
         wait = lib.mmapipc_wait
         resume = 0
+        slice_ns = _WAIT_SLICE_NS
         while True:
-            left = _WAIT_SLICE_NS
+            left = slice_ns
             if deadline is not None:
                 left = max(0, min(left, int((deadline - time.monotonic()) * 1e9)))
             rc = wait(self._ch, left, resume)
@@ -479,6 +493,7 @@ class Reader(_Mapping[T]):
             elif rc == _ETIMEDOUT:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise self._error(rc)
+                slice_ns = _WAIT_SLICE_ALONE_NS if _alone() else _WAIT_SLICE_NS
             elif rc != _EINTR:
                 raise self._error(rc)
 
