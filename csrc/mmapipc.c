@@ -26,7 +26,8 @@
 #include <unistd.h>
 
 _Static_assert(MMAPIPC_SEQ_MARKER == MMAPIPC_REC_LOCK_MARKER &&
-                   MMAPIPC_NOTIFY_MARKER == MMAPIPC_REC_NOTIFY_MARKER,
+                   MMAPIPC_NOTIFY_MARKER == MMAPIPC_REC_NOTIFY_MARKER &&
+                   MMAPIPC_WAITED_MARKER == MMAPIPC_REC_WAITED_MARKER,
                "mmapipc.h and mmapipc_record.h name the same markers");
 
 /* What a reader knows about the last record it returned. */
@@ -68,6 +69,10 @@ struct mmapipc_channel {
     struct mmapipc_wait_params wp;
     int64_t last_poll;        /* wait: when the record was last looked at */
     int notified;             /* wait: the last look found a notifying writer */
+    _Atomic uint32_t *rw_word; /* wait: the futex word in a writable mapping (or NULL) */
+    void *rw_base;            /* wait: that mapping */
+    size_t rw_len;
+    int rw_denied;            /* wait: this process may not write the file */
     struct change changes[NGAPS]; /* wait: the last changes seen */
     struct rhythm rhythm;     /* wait: the writer's, as the changes seen say */
     int regular;              /* wait: rhythm holds (a regular writer) */
@@ -632,6 +637,10 @@ static int unmap_locked(mmapipc_channel *ch)
     int rc = 0;
     if (ch->map != NULL && munmap(ch->map, ch->geo.size) != 0)
         rc = MMAPIPC_EOS;
+    if (ch->rw_word != NULL)
+        munmap(ch->rw_base, ch->rw_len);
+    ch->rw_word = NULL;
+    ch->rw_denied = 0;
     if (ch->fd >= 0)
         close(ch->fd);
     ch->map = NULL;
@@ -777,18 +786,20 @@ static inline int notifies(const mmapipc_channel *ch)
 
 /* The store itself: the sequence goes odd, the fields are copied, it goes
  * even again.  It carries on from the sequence in the file, so that writers
- * that take turns (or a writer that died mid-store) keep it moving. */
+ * that take turns (or a writer that died mid-store) keep it moving.  1 when
+ * a waiter is to be woken. */
 static int store_guarded(mmapipc_channel *ch, const unsigned char *rec)
 {
     struct guard g;
     unsigned char *m = ch->map;
+    int wake;
     guard_prepare(&g, m, ch->geo.size);
     if (sigsetjmp(g.env, 0) != 0)
         return guard_fault(&g);
     guard_arm(&g);
-    mmapipc_rec__store_body(&ch->geo, m, rec, notifies(ch), ch->stuck_ns);
+    wake = mmapipc_rec__store_body(&ch->geo, m, rec, notifies(ch), ch->stuck_ns);
     guard_end(&g);
-    return 0;
+    return wake;
 }
 
 int mmapipc_store(mmapipc_channel *ch, const char *rec)
@@ -797,8 +808,10 @@ int mmapipc_store(mmapipc_channel *ch, const char *rec)
     if (rc != 0)
         return rc;
     rc = store_guarded(ch, (const unsigned char *)rec);
-    if (rc == 0 && notifies(ch))   /* a truncated file: EFAULT here, not SIGBUS */
+    if (rc > 0) {   /* a waiter sleeps; a truncated file: EFAULT here, not SIGBUS */
         futex_wake(futex_word(ch, ch->map));
+        rc = 0;
+    }
     if (rc == 0)   /* a truncated file would swallow the record: say so */
         rc = check_file_if_due(ch);
     return leave(ch, rc);
@@ -917,7 +930,7 @@ static int moved_guarded(mmapipc_channel *ch, uint32_t *word, int *notify)
     if (sigsetjmp(g.env, 0) != 0)
         return guard_fault(&g);
     guard_arm(&g);
-    *notify = can_notify(ch) && m[ch->geo.marker_off] == MMAPIPC_REC_NOTIFY_MARKER;
+    *notify = can_notify(ch) && mmapipc_rec__notifying(&ch->geo, m);
     if (*notify)
         *word = atomic_load_explicit(futex_word(ch, m), memory_order_acquire);
     atomic_thread_fence(memory_order_acquire);
@@ -1184,27 +1197,64 @@ static int look(mmapipc_channel *ch, int64_t now, int64_t bound, uint32_t *word,
     return rc;
 }
 
+/* Guarded: set the waiter's marker in the futex word (see flag_waiter). */
+static int flag_guarded(mmapipc_channel *ch, uint32_t *word)
+{
+    struct guard g;
+    int rc;
+    guard_prepare(&g, ch->rw_base, ch->rw_len);
+    if (sigsetjmp(g.env, 0) != 0)
+        return guard_fault(&g);
+    guard_arm(&g);
+    rc = mmapipc_rec__flag_waiter(&ch->geo, ch->rw_word, word);
+    guard_end(&g);
+    return rc;
+}
+
+/* May the wait sleep on a notifying writer's futex word, whose value before
+ * the look was *word?  1 yes (*word: the value to sleep on, with the waiter's
+ * marker set, so that the writer knows to wake it); 0 look again now (a
+ * store since); -1 no, look as for a legacy writer: a store under way, or
+ * this process may not write the file to say it waits (a fault: the same). */
+static int may_sleep(mmapipc_channel *ch, uint32_t *word)
+{
+    if (!mmapipc_rec__flaggable(&ch->geo))
+        return 1;   /* the writer wakes whoever may be there */
+    if (ch->rw_word == NULL && !ch->rw_denied) {
+        ch->rw_word = mmapipc_rec__map_word_rw(ch->fd, &ch->geo, &ch->rw_base, &ch->rw_len);
+        ch->rw_denied = ch->rw_word == NULL;
+    }
+    if (ch->rw_word == NULL)
+        return -1;
+    int rc = flag_guarded(ch, word);
+    return rc < -1 ? -1 : rc;
+}
+
 /* Between two looks, without the channel's mutex: on a notifying writer's
- * futex until it stores (or MMAPIPC_RELOOK_NS passes), else until the next look is
- * due.  -1 on a signal; 1 when the
- * slice ran out before the next look was due. */
+ * futex until it stores (2 when MMAPIPC_RELOOK_NS passed first), else until
+ * the next look is due (0).  -1 on a signal; 1 when the slice ran out before
+ * the next look was due. */
 static int pause_wait(mmapipc_channel *ch, int64_t now, int64_t end, uint32_t word, int notify)
 {
     int64_t next;
+    int rc;
     if (ch->wp.busy) {
         pthread_mutex_unlock(&ch->lock);
         cpu_relax();
         return 0;
     }
     ch->notified = notify;
-    if (notify) {
+    if (notify && (rc = may_sleep(ch, &word)) == 0) {
+        pthread_mutex_unlock(&ch->lock);
+        return 0;   /* a store since the look: look again */
+    }
+    if (notify && rc > 0) {
         _Atomic uint32_t *addr = futex_word(ch, ch->map);
         int64_t until = now + MMAPIPC_RELOOK_NS < end ? now + MMAPIPC_RELOOK_NS : end;
-        int rc;
         ch->st.sleeps++;
         pthread_mutex_unlock(&ch->lock);
         rc = futex_sleep(addr, word, until);
-        return rc == 1 && until < end ? 0 : rc;
+        return rc == 1 && until < end ? 2 : rc;
     }
     next = next_look(ch, now);
     ch->planned = next < end ? next : 0;
@@ -1239,10 +1289,12 @@ int mmapipc_wait(mmapipc_channel *ch, int64_t timeout, int resume)
         if (now - start >= timeout)
             return leave(ch, MMAPIPC_ETIMEDOUT);
         bound = notify ? 0 : now + gap_in_force(ch, now);
-        if ((rc = pause_wait(ch, now, start + timeout, word, notify)) != 0)
-            return rc > 0 ? MMAPIPC_ETIMEDOUT : MMAPIPC_EINTR;
+        int paused = pause_wait(ch, now, start + timeout, word, notify);
+        if (paused == 1 || paused < 0)
+            return paused > 0 ? MMAPIPC_ETIMEDOUT : MMAPIPC_EINTR;
         if ((rc = enter(ch)) != 0)
             return rc;   /* closed while we slept */
+        ch->st.relooks += paused == 2;
         now = now_ns();
     }
     return leave(ch, rc);

@@ -53,6 +53,7 @@ struct STU {
  * (FUTEX_WAKE on the aligned 32-bit word that holds the sequence). */
 #define MMAPIPC_SEQ_MARKER 0xA5
 #define MMAPIPC_NOTIFY_MARKER 0xA6
+#define MMAPIPC_WAITED_MARKER 0xA7    /* that, and a waiter sleeps on the futex word */
 
 /* A wait asleep on a notifying writer's futex looks at the record again after
  * this long (ns): a legacy writer that takes over wakes nobody. */
@@ -68,6 +69,7 @@ struct mmapipc_stats {
     uint64_t late_polls;      /* looks later than the bound in force (a late wake-up) */
     uint64_t reopened;        /* times a reader followed its path to a new file */
     uint64_t sleeps;          /* waits on a notifying writer's futex */
+    uint64_t relooks;         /* of those, ended by MMAPIPC_RELOOK_NS, not by a store */
     int64_t file_size;        /* the file's size when last looked at, -1 unknown */
 };
 

@@ -515,10 +515,12 @@ class Reader(_Mapping[T]):
     def stats(self) -> dict[str, int]:
         """Copies accepted through the seq lock and by agreement; looks while waiting, how
         many of them came later than the bound in force (late wake-ups); files followed;
-        sleeps on a notifying writer's futex."""
+        sleeps on a notifying writer's futex, and those that ended by MMAPIPC_RELOOK_NS
+        rather than by a store."""
         st = self._stats()
         return {name: int(getattr(st, name)) for name in (
-            "seqlock_reads", "fallback_reads", "polls", "late_polls", "reopened", "sleeps")}
+            "seqlock_reads", "fallback_reads", "polls", "late_polls", "reopened", "sleeps",
+            "relooks")}
 
     def __enter__(self) -> Reader[T]:
         return self

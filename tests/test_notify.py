@@ -7,6 +7,7 @@ import json
 import mmap
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,12 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import as_nobody, root_only
 
 import mmapipc.mapping
 from mmapipc import Reader, Student, Writer
 from mmapipc._ffi import lib
 
 PATIENCE = 60.0
+STRACE = shutil.which("strace") or "/usr/bin/strace"
 
 
 def numbered(n: int) -> Student:
@@ -106,16 +109,85 @@ with Writer(sys.argv[1]) as w:
 """
     with Reader(path) as r:
         writer = subprocess.Popen([sys.executable, "-c", script, str(path)])
-        worst, last = 0.0, 0
+        worst, last, relooks = 0.0, 0, -1
         while last < 300:
             t = time.monotonic()
             rec = r.wait_for_change(PATIENCE)
             worst = max(worst, time.monotonic() - t)
             assert rec.id > last and rec == numbered(rec.id)
             last = rec.id
+            if relooks < 0:  # the writer is running: from here on, it stores every 4 ms
+                relooks = r.stats["relooks"]
         assert writer.wait(PATIENCE) == 0
         assert r.stats["sleeps"] > 0
+        # a store slept through leaves the waiter asleep until it looks again by itself
+        assert r.stats["relooks"] == relooks, r.stats
     assert worst < 2.0, worst
+
+
+def test_a_write_nobody_waits_for_makes_no_system_call(tmp_path: Path) -> None:
+    """300 notifying writes with nobody waiting make no FUTEX_WAKE (strace says); a waiter
+    then marks the record 0xA7 as it goes to sleep, and the next write wakes it, once."""
+    path = tmp_path / "rec.bin"
+    log = tmp_path / "futex.log"
+    script = """
+import sys
+from mmapipc import Student, Writer
+with Writer(sys.argv[1]) as w:
+    for n in range(1, 301):
+        w.write(Student(n, "quiet", "m"))
+    print("stored", flush=True)
+    sys.stdin.readline()  # meanwhile a waiter goes to sleep on the record
+    w.write(Student(301, "woken", "f"))
+"""
+    proc = subprocess.Popen([STRACE, "-f", "-e", "trace=futex", "-o", str(log),
+                             sys.executable, "-c", script, str(path)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdout.readline().strip() == "stored"
+    got: list[Student] = []
+    with Reader(path) as r:
+        assert r.read().id == 300
+        waiter = threading.Thread(target=lambda: got.append(r.wait_for_change(PATIENCE)))
+        waiter.start()
+        deadline = time.monotonic() + PATIENCE
+        while path.read_bytes()[25] != lib.MMAPIPC_WAITED_MARKER:
+            assert time.monotonic() < deadline, "the waiter never said it sleeps"
+            time.sleep(0.01)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        waiter.join(PATIENCE)
+        assert r.stats["sleeps"] > 0
+    assert proc.wait(PATIENCE) == 0
+    assert [s.id for s in got] == [301]
+    wakes = [line for line in log.read_text().splitlines() if "FUTEX_WAKE," in line]
+    assert len(wakes) == 1, wakes  # shared futex wakes; the interpreter's own are _PRIVATE
+    assert path.read_bytes()[25] == lib.MMAPIPC_NOTIFY_MARKER
+
+
+@root_only
+def test_a_waiter_that_may_not_write_the_file_looks_instead(open_dir: Path) -> None:
+    """A notifying writer wakes only waiters that marked the record; one that may not
+    write the file cannot, so it never sleeps on the futex: it looks, as for a legacy
+    writer, and still sees the change."""
+    path = open_dir / "rec.bin"
+    with Writer(path) as w:
+        w.write(numbered(1))
+        os.chmod(path, 0o644)
+
+        def later() -> None:
+            time.sleep(0.3)
+            w.write(numbered(2))
+
+        def wait_as_nobody() -> None:
+            with Reader(path) as r:
+                assert r.wait_for_change(PATIENCE) == numbered(2)
+                assert r.stats["sleeps"] == 0 and r.stats["polls"] > 1, r.stats
+
+        writer = threading.Thread(target=later)
+        writer.start()
+        as_nobody(wait_as_nobody)
+        writer.join()
 
 
 def test_a_writer_that_dies_mid_store_leaves_no_waiter_asleep(tmp_path: Path) -> None:

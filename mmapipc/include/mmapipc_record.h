@@ -6,11 +6,18 @@
  *
  * The wire protocol, the same as the mmapipc Python package's, byte for byte:
  *   - a marker byte at marker_off: 0xA5 says a sequence lock is kept in the
- *     padding, 0xA6 says so too and that the writer wakes waiters;
+ *     padding, 0xA6 says so too and that the writer wakes waiters, 0xA7 that
+ *     and that someone sleeps on the futex word (set by the waiter);
  *   - a 2-aligned native-endian 16-bit sequence at seq_off: a store makes it
- *     odd by compare-and-swap from an even value, copies the fields around the
- *     lock bytes, makes it even again, then FUTEX_WAKEs the aligned 32-bit word
- *     that holds the sequence (only when that word lies inside the record);
+ *     odd by compare-and-swap from an even value, swaps in its marker, copies
+ *     the fields around the lock bytes, makes it even again, then FUTEX_WAKEs
+ *     the aligned 32-bit word that holds the sequence (only when that word lies
+ *     inside the record) if the marker it swapped out was 0xA7, or always when
+ *     the marker lies outside that word (no waiter can say it is there);
+ *   - a waiter that would sleep sets 0xA7 by compare-and-swap of the whole
+ *     word from the value it read before it compared the fields (so a store in
+ *     between fails it), through a writable mapping of that page; a waiter that
+ *     may not write the file looks instead of sleeping (every 1 ms here);
  *   - a reader accepts a copy through the lock when the sequence was even,
  *     unchanged across the copy and moved since its last record; otherwise
  *     (no marker: a legacy writer; a sequence stuck odd) when two copies agree.
@@ -56,6 +63,7 @@
 
 #define MMAPIPC_REC_LOCK_MARKER 0xA5    /* a sequence lock in the padding */
 #define MMAPIPC_REC_NOTIFY_MARKER 0xA6  /* that, and the writer wakes waiters */
+#define MMAPIPC_REC_WAITED_MARKER 0xA7  /* that, and a waiter sleeps on the futex word */
 
 /* struct STU of mmap_w/mmap_r: size, marker offset, sequence offset. */
 #define MMAPIPC_STU_SIZE 28
@@ -129,7 +137,15 @@ static inline _Atomic uint16_t *mmapipc_rec__seq_word(const struct mmapipc_rec_g
 static inline int mmapipc_rec__marked(const struct mmapipc_rec_geom *g, const unsigned char *m)
 {
     unsigned char mark = mmapipc_rec__has_lock(g) ? m[g->marker_off] : 0;
-    return mark == MMAPIPC_REC_LOCK_MARKER || mark == MMAPIPC_REC_NOTIFY_MARKER;
+    return mark == MMAPIPC_REC_LOCK_MARKER || mark == MMAPIPC_REC_NOTIFY_MARKER ||
+           mark == MMAPIPC_REC_WAITED_MARKER;
+}
+
+/* Does the writer of the record in m wake waiters (marker 0xA6 or 0xA7)? */
+static inline int mmapipc_rec__notifying(const struct mmapipc_rec_geom *g, const unsigned char *m)
+{
+    unsigned char mark = mmapipc_rec__has_lock(g) ? m[g->marker_off] : 0;
+    return mark == MMAPIPC_REC_NOTIFY_MARKER || mark == MMAPIPC_REC_WAITED_MARKER;
 }
 
 /* The aligned 32-bit word that holds the sequence: what a notifying writer
@@ -143,6 +159,89 @@ static inline _Atomic uint32_t *mmapipc_rec__futex_word(const struct mmapipc_rec
                                                         const unsigned char *m)
 {
     return (_Atomic uint32_t *)(m + (g->seq_off & ~3));
+}
+
+/* Is the marker inside the futex word?  Then a waiter says it is there by
+ * setting 0xA7 in the same compare-and-swap that checks the sequence, and the
+ * writer wakes only then; else the writer always wakes. */
+static inline int mmapipc_rec__flaggable(const struct mmapipc_rec_geom *g)
+{
+    return mmapipc_rec__can_notify(g) && (g->marker_off & ~3) == (g->seq_off & ~3);
+}
+
+/* value, the futex word as read, with its marker byte set to 0xA7. */
+static inline uint32_t mmapipc_rec__waited_value(const struct mmapipc_rec_geom *g, uint32_t value)
+{
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    unsigned shift = 8u * (unsigned)(g->marker_off & 3);
+#else
+    unsigned shift = 8u * (3u - (unsigned)(g->marker_off & 3));
+#endif
+    return (value & ~(0xFFu << shift)) | ((uint32_t)MMAPIPC_REC_WAITED_MARKER << shift);
+}
+
+/* Is the sequence in value, the futex word as read, odd (a store under way)? */
+static inline int mmapipc_rec__odd_in(const struct mmapipc_rec_geom *g, uint32_t value)
+{
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    unsigned low = (unsigned)(g->seq_off & 3);
+#else
+    unsigned low = 3u - (unsigned)((g->seq_off + 1) & 3);
+#endif
+    return (value >> (8u * low)) & 1u;
+}
+
+/* Say a waiter is there: the word (in a writable mapping) goes from *value,
+ * as read before the look, to the same with the marker 0xA7.  1 and *value
+ * that; 0 when the word moved since (a store: look again); -1 when the
+ * sequence in *value is odd (a store under way, which may already have
+ * swapped the marker, or a writer that died mid-store): look, do not sleep. */
+static inline int mmapipc_rec__flag_waiter(const struct mmapipc_rec_geom *g, _Atomic uint32_t *rw,
+                                           uint32_t *value)
+{
+    uint32_t want = mmapipc_rec__waited_value(g, *value), seen = *value;
+    if (mmapipc_rec__odd_in(g, seen))
+        return -1;
+    if (seen == want)
+        return 1;
+    if (!atomic_compare_exchange_strong_explicit(rw, &seen, want, memory_order_acq_rel,
+                                                 memory_order_relaxed))
+        return 0;
+    *value = want;
+    return 1;
+}
+
+/* A writable mapping of the page that holds the futex word, made by opening
+ * the file under descriptor fd again read-write (/proc/self/fd: the same file,
+ * with this process's permission to write it): the word in it, and in *base
+ * and *len what to munmap; NULL with errno when it may not be written. */
+static inline _Atomic uint32_t *mmapipc_rec__map_word_rw(int fd, const struct mmapipc_rec_geom *g,
+                                                         void **base, size_t *len)
+{
+    char proc[32] = "/proc/self/fd/", digits[12];
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), off = (size_t)(g->seq_off & ~3);
+    size_t start = off / page * page, at = strlen(proc);
+    int n = 0, rw, saved;
+    void *m;
+    do
+        digits[n++] = (char)('0' + fd % 10);
+    while ((fd /= 10) > 0 && n < 11);
+    while (n > 0)
+        proc[at++] = digits[--n];
+    proc[at] = '\0';
+    rw = open(proc, O_RDWR | O_CLOEXEC | O_NONBLOCK);
+    if (rw < 0)
+        return NULL;
+    m = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_SHARED, rw, (off_t)start);
+    saved = errno;
+    close(rw);
+    if (m == MAP_FAILED) {
+        errno = saved;
+        return NULL;
+    }
+    *base = m;
+    *len = page;
+    return (_Atomic uint32_t *)((unsigned char *)m + (off - start));
 }
 
 static inline void mmapipc_rec__futex_wake(_Atomic uint32_t *word)
@@ -256,25 +355,31 @@ static inline uint16_t mmapipc_rec__begin_store(const struct mmapipc_rec_geom *g
     }
 }
 
-/* The store itself: the sequence goes odd, the marker is set (notify: the one
- * that promises wake-ups), the fields are copied, the sequence goes even.  It
- * carries on from the sequence in the file, so that writers that take turns
- * (or a writer that died mid-store) keep it moving.  No lock: a plain copy.
- * The caller wakes the futex word afterwards when it notifies. */
-static inline void mmapipc_rec__store_body(const struct mmapipc_rec_geom *g, unsigned char *m,
-                                           const unsigned char *rec, int notify, int64_t stuck_ns)
+/* The store itself: the sequence goes odd, the marker is swapped in (notify:
+ * the one that promises wake-ups), the fields are copied, the sequence goes
+ * even.  It carries on from the sequence in the file, so that writers that
+ * take turns (or a writer that died mid-store) keep it moving.  No lock: a
+ * plain copy.  1 when the caller must wake the futex word: a waiter said it
+ * sleeps there (0xA7 swapped out), or no waiter can say so. */
+static inline int mmapipc_rec__store_body(const struct mmapipc_rec_geom *g, unsigned char *m,
+                                          const unsigned char *rec, int notify, int64_t stuck_ns)
 {
-    if (mmapipc_rec__has_lock(g)) {
-        uint16_t odd = mmapipc_rec__begin_store(g, m, stuck_ns);
-        m[g->marker_off] = notify ? MMAPIPC_REC_NOTIFY_MARKER : MMAPIPC_REC_LOCK_MARKER;
-        atomic_thread_fence(memory_order_release);
-        mmapipc_rec__copy_fields(g, m, rec);
-        atomic_thread_fence(memory_order_release);
-        atomic_store_explicit(mmapipc_rec__seq_word(g, m), (uint16_t)(odd + 1),
-                              memory_order_relaxed);
-    } else {
+    unsigned char was;
+    if (!mmapipc_rec__has_lock(g)) {
         memcpy(m, rec, g->size);
+        return 0;
     }
+    uint16_t odd = mmapipc_rec__begin_store(g, m, stuck_ns);
+    was = atomic_exchange_explicit((_Atomic unsigned char *)(m + g->marker_off),
+                                   notify ? MMAPIPC_REC_NOTIFY_MARKER : MMAPIPC_REC_LOCK_MARKER,
+                                   memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    mmapipc_rec__copy_fields(g, m, rec);
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(mmapipc_rec__seq_word(g, m), (uint16_t)(odd + 1), memory_order_relaxed);
+    if (was == MMAPIPC_REC_WAITED_MARKER)
+        return 1;
+    return notify && mmapipc_rec__can_notify(g) && !mmapipc_rec__flaggable(g);
 }
 
 static inline uint32_t mmapipc_rec__pad_value(const struct mmapipc_rec_geom *g,
@@ -382,6 +487,10 @@ typedef struct mmapipc_rec {
     int64_t stuck_ns;          /* an odd sequence that stands this long is stuck */
     int64_t unstable_ns;       /* a load gives up (EAGAIN) after this long */
     int64_t poll_ns;           /* wait: how often to look when the writer does not notify */
+    _Atomic uint32_t *rw_word; /* wait: the futex word, writable (NULL: not mapped yet) */
+    void *rw_base;             /* wait: its mapping */
+    size_t rw_len;
+    int rw_denied;             /* wait: this process may not write the file: look instead */
 } mmapipc_rec;
 
 /* Open path and map one record of size bytes with the lock's marker and
@@ -462,7 +571,8 @@ fail:
 }
 
 /* Store a record (size bytes) under the sequence lock, marked 0xA6, and wake
- * the waiters.  0, or -1 with errno (EBADF: a read-only handle). */
+ * the waiters (a system call only when one sleeps).  0, or -1 with errno
+ * (EBADF: a read-only handle). */
 static inline int mmapipc_rec_store(mmapipc_rec *r, const void *rec)
 {
     int notify;
@@ -471,8 +581,7 @@ static inline int mmapipc_rec_store(mmapipc_rec *r, const void *rec)
         return -1;
     }
     notify = mmapipc_rec__can_notify(&r->geom);
-    mmapipc_rec__store_body(&r->geom, r->map, (const unsigned char *)rec, notify, r->stuck_ns);
-    if (notify)
+    if (mmapipc_rec__store_body(&r->geom, r->map, (const unsigned char *)rec, notify, r->stuck_ns))
         mmapipc_rec__futex_wake(mmapipc_rec__futex_word(&r->geom, r->map));
     return 0;
 }
@@ -501,17 +610,36 @@ static inline int mmapipc_rec_load(mmapipc_rec *r, void *out)
     return 0;
 }
 
+/* May this wait sleep on the futex word whose value before the look was
+ * *word?  1 yes (*word: the value to sleep on); 0 look again now (the word
+ * moved); -1 no, look every poll_ns: a store under way, or the writer only
+ * wakes waiters that say they are there, and this process may not write the
+ * file to say so. */
+static inline int mmapipc_rec__may_sleep(mmapipc_rec *r, uint32_t *word)
+{
+    const struct mmapipc_rec_geom *g = &r->geom;
+    if (!mmapipc_rec__flaggable(g))
+        return 1;
+    if (r->rw_word == NULL && !r->rw_denied) {
+        r->rw_word = mmapipc_rec__map_word_rw(r->fd, g, &r->rw_base, &r->rw_len);
+        r->rw_denied = r->rw_word == NULL;
+    }
+    return r->rw_word == NULL ? -1 : mmapipc_rec__flag_waiter(g, r->rw_word, word);
+}
+
 /* Wait up to timeout_ns for a record whose fields differ from the last one
  * loaded or waited for (a handle that has returned none returns the record at
  * once): 1 and out filled, 0 timed out, -1 with errno (EINTR: a signal).
- * Sleeps on the futex word while the writer notifies (marker 0xA6), looking
- * again at least every MMAPIPC_REC_SLICE_NS, else looks every poll_ns (1 ms). */
+ * Sleeps on the futex word while the writer notifies (marker 0xA6; 0xA7 set
+ * first, so that the writer knows to wake it), looking again at least every
+ * MMAPIPC_REC_SLICE_NS, else (or when this process may not write the file)
+ * looks every poll_ns (1 ms). */
 static inline int mmapipc_rec_wait(mmapipc_rec *r, void *out, long long timeout_ns)
 {
     int64_t end = mmapipc_rec__now_ns() + (timeout_ns > 0 ? timeout_ns : 0);
     const struct mmapipc_rec_geom *g = &r->geom;
     for (;;) {
-        int notify = mmapipc_rec__can_notify(g) && r->map[g->marker_off] == MMAPIPC_REC_NOTIFY_MARKER;
+        int notify = mmapipc_rec__can_notify(g) && mmapipc_rec__notifying(g, r->map), may = -1;
         /* the word before the look: a store in between ends the sleep at once */
         uint32_t word = notify ? atomic_load_explicit(mmapipc_rec__futex_word(g, r->map),
                                                       memory_order_acquire) : 0;
@@ -530,7 +658,9 @@ static inline int mmapipc_rec_wait(mmapipc_rec *r, void *out, long long timeout_
         now = mmapipc_rec__now_ns();
         if (now >= end)
             return 0;
-        if (notify) {
+        if (notify && (may = mmapipc_rec__may_sleep(r, &word)) == 0)
+            continue;
+        if (may > 0) {
             /* in slices: a legacy writer that takes the file over wakes nobody */
             next = now + MMAPIPC_REC_SLICE_NS < end ? now + MMAPIPC_REC_SLICE_NS : end;
             if (mmapipc_rec__futex_sleep(mmapipc_rec__futex_word(g, r->map), word, next) < 0)
@@ -553,6 +683,8 @@ static inline void mmapipc_rec_close(mmapipc_rec *r)
     if (r == NULL)
         return;
     munmap(r->map, r->geom.size);
+    if (r->rw_word != NULL)
+        munmap(r->rw_base, r->rw_len);
     close(r->fd);
     free(r->last);
     free(r);
