@@ -43,10 +43,10 @@ UNSTABLE_WAIT = 1.0
 # How often Reader(wait=True) looks for its file.
 OPEN_POLL = 0.01
 # The longest a wait stays in C before Python can run signal handlers, when other
-# threads could take a signal (Ctrl-C) meant for it; alone, it takes the signal itself
-# (the sleep ends with EINTR) and stays in C up to WAIT_SLICE_ALONE.
+# threads could take a signal (Ctrl-C) meant for it.  Alone in its process, a wait takes
+# the signal itself (the sleep ends with EINTR) and stays in C until a change, its timeout
+# or a signal.
 WAIT_SLICE = 0.05
-WAIT_SLICE_ALONE = 1.0
 # The longest any duration argument may be (a year): beyond, a typo.
 LONGEST = 365 * 86400.0
 # The shortest gap a wait can keep (the clock's resolution is finer, a wake-up is not).
@@ -55,7 +55,7 @@ SHORTEST_GAP = 1e-6
 MAX_RECORD = 1 << 40
 
 _WAIT_SLICE_NS = int(WAIT_SLICE * 1e9)
-_WAIT_SLICE_ALONE_NS = int(WAIT_SLICE_ALONE * 1e9)
+_WAIT_ALONE_NS = int(LONGEST * 1e9)
 _ETIMEDOUT = lib.MMAPIPC_ETIMEDOUT
 _EINTR = lib.MMAPIPC_EINTR
 
@@ -470,8 +470,8 @@ class Reader(_Mapping[T]):
         """Wait for the next record that differs from the last one returned (to any thread).
 
         The wait runs in C without the GIL, in slices of WAIT_SLICE seconds so that
-        signal handlers (Ctrl-C) run between them (of WAIT_SLICE_ALONE in a process of
-        one thread, where a signal ends the slice at once).  Raises TimeoutError after timeout
+        signal handlers (Ctrl-C) run between them; in a process of one thread, where a
+        signal ends the wait in C at once, after the first slice in one go.  Raises TimeoutError after timeout
         (None or inf: no limit), ValueError if the Reader is closed meanwhile.
         """
         limit = seconds(timeout, "timeout")
@@ -493,7 +493,7 @@ class Reader(_Mapping[T]):
             elif rc == _ETIMEDOUT:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise self._error(rc)
-                slice_ns = _WAIT_SLICE_ALONE_NS if _alone() else _WAIT_SLICE_NS
+                slice_ns = _WAIT_ALONE_NS if _alone() else _WAIT_SLICE_NS
             elif rc != _EINTR:
                 raise self._error(rc)
 

@@ -58,8 +58,8 @@ def test_an_idle_waiter_sleeps_on_the_futex(tmp_path: Path) -> None:
 
 def test_an_idle_waiter_alone_in_its_process_stays_in_c(tmp_path: Path) -> None:
     """A process of one thread takes Ctrl-C in the waiting thread itself, so its wait
-    needs no 50 ms slices: an idle second is five futex sleeps and a few looks, and
-    SIGINT still ends it at once."""
+    needs no 50 ms slices after the first: an idle second is five futex sleeps and a few
+    looks, and SIGINT still ends it at once."""
     path = tmp_path / "rec.bin"
     with Writer(path) as w:
         w.write(numbered(1))
