@@ -1179,13 +1179,14 @@ static void note_lateness(mmapipc_channel *ch, int64_t now)
     ch->planned = 0;
 }
 
-/* One look in the wait: 1 changed, 0 not, < 0 an error.  A look later than
- * the bound planned for it is counted: a late wake-up, not the design. */
-static int look(mmapipc_channel *ch, int64_t now, int64_t bound, uint32_t *word, int *notify)
+/* One look in the wait: 1 changed, 0 not, < 0 an error.  A look that came
+ * later than planned by more than the room left for it is counted: a late
+ * wake-up, not the design. */
+static int look(mmapipc_channel *ch, int64_t now, uint32_t *word, int *notify)
 {
     int rc = poll_locked(ch, WAIT_CHECKS * ch->check_ns, word, notify);
     ch->st.polls++;
-    if (bound > 0 && now > bound)
+    if (ch->planned > 0 && now - ch->planned > allowance(gap_in_force(ch, ch->planned)))
         ch->st.late_polls++;
     note_lateness(ch, now);
     if (rc == 1) {
@@ -1266,7 +1267,7 @@ static int pause_wait(mmapipc_channel *ch, int64_t now, int64_t end, uint32_t wo
 
 int mmapipc_wait(mmapipc_channel *ch, int64_t timeout, int resume)
 {
-    int64_t start = now_ns(), now = start, bound = 0;
+    int64_t start = now_ns(), now = start;
     uint32_t word = 0;
     int notify = 0, rc = enter_reader(ch);
     if (rc != 0)
@@ -1277,6 +1278,7 @@ int mmapipc_wait(mmapipc_channel *ch, int64_t timeout, int resume)
         /* the slice before ended between two looks: keep their pace */
         int64_t next = next_look(ch, ch->last_poll), end = start + timeout;
         if (next > now) {
+            ch->planned = next < end ? next : 0;
             pthread_mutex_unlock(&ch->lock);
             if (sleep_until(next < end ? next : end) != 0)
                 return MMAPIPC_EINTR;
@@ -1285,10 +1287,9 @@ int mmapipc_wait(mmapipc_channel *ch, int64_t timeout, int resume)
             now = now_ns();
         }
     }
-    while ((rc = look(ch, now, bound, &word, &notify)) == 0) {
+    while ((rc = look(ch, now, &word, &notify)) == 0) {
         if (now - start >= timeout)
             return leave(ch, MMAPIPC_ETIMEDOUT);
-        bound = notify ? 0 : now + gap_in_force(ch, now);
         int paused = pause_wait(ch, now, start + timeout, word, notify);
         if (paused == 1 || paused < 0)
             return paused > 0 ? MMAPIPC_ETIMEDOUT : MMAPIPC_EINTR;

@@ -514,7 +514,8 @@ class Reader(_Mapping[T]):
     @property
     def stats(self) -> dict[str, int]:
         """Copies accepted through the seq lock and by agreement; looks while waiting, how
-        many of them came later than the bound in force (late wake-ups); files followed;
+        many of them woke later than planned by more than the room left for it (late
+        wake-ups); files followed;
         sleeps on a notifying writer's futex, and those that ended by MMAPIPC_RELOOK_NS
         rather than by a store."""
         st = self._stats()
