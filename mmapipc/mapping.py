@@ -471,8 +471,9 @@ class Reader(_Mapping[T]):
 
         The wait runs in C without the GIL, in slices of WAIT_SLICE seconds so that
         signal handlers (Ctrl-C) run between them; in a process of one thread, where a
-        signal ends the wait in C at once, after the first slice in one go.  Raises TimeoutError after timeout
-        (None or inf: no limit), ValueError if the Reader is closed meanwhile.
+        signal ends the wait in C at once, after the first slice in one go.  Raises
+        TimeoutError after timeout (None or inf: no limit), ValueError if the Reader is
+        closed meanwhile.
         """
         limit = seconds(timeout, "timeout")
         deadline = None if limit is None else time.monotonic() + limit
@@ -515,9 +516,8 @@ class Reader(_Mapping[T]):
     def stats(self) -> dict[str, int]:
         """Copies accepted through the seq lock and by agreement; looks while waiting, how
         many of them woke later than planned by more than the room left for it (late
-        wake-ups); files followed;
-        sleeps on a notifying writer's futex, and those that ended by MMAPIPC_RELOOK_NS
-        rather than by a store."""
+        wake-ups); files followed; sleeps on a notifying writer's futex, and those that
+        ended by MMAPIPC_RELOOK_NS rather than by a store."""
         st = self._stats()
         return {name: int(getattr(st, name)) for name in (
             "seqlock_reads", "fallback_reads", "polls", "late_polls", "reopened", "sleeps",
