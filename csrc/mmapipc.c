@@ -1054,7 +1054,7 @@ static void aim_next(mmapipc_channel *ch, int64_t now)
         ch->aim = 0;
         ch->aim_hits = 0;
     } else if (ch->aimed) {
-        ch->aim += r->period - ((int64_t)FINE_NS / 4 << ch->aim_hits);
+        ch->aim += r->period - ((int64_t)FINE_NS / 16 << ch->aim_hits);
         ch->aim_hits += ch->aim_hits < 6;
     } else {
         ch->aim = now + r->period - FINE_NS / 4;
