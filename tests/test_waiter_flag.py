@@ -62,7 +62,11 @@ print(json.dumps({"long_gaps": long_gaps}), flush=True)
 """
 
 # Waits for every change up to record N; checks each record whole and the ids rising.
+# Slices of 5 s: a sleep no store ends shows as a relook (the first slice of a wait, 50 ms
+# by default, would end it first and hide it).
 WAITER = NUMBERED_PY + """
+import mmapipc.mapping
+mmapipc.mapping._WAIT_SLICE_NS = 5 * 10**9
 path, last = sys.argv[1], int(sys.argv[2])
 with Reader(path) as r:
     print("ready", flush=True)
@@ -156,6 +160,55 @@ print(json.dumps({"long_gaps": 0}), flush=True)
         assert got["bad"] == [], got
         assert int(str(got["relooks"])) <= long_gaps, got
         assert int(str(got["sleeps"])) > 0, got
+
+
+# Says each record it sees at once (one line), so that the next store lands at a random
+# moment of its next look: before, during or after it compares the fields and flags.
+ECHO_WAITER = NUMBERED_PY + """
+import mmapipc.mapping
+mmapipc.mapping._WAIT_SLICE_NS = 5 * 10**9
+path, last = sys.argv[1], int(sys.argv[2])
+with Reader(path) as r:
+    print("ready", flush=True)
+    prev = r.read().id
+    while prev < last:
+        rec = r.wait_for_change(10)
+        print(rec.id, r.stats["relooks"], flush=True)
+        prev = rec.id
+    print(json.dumps({"relooks": r.stats["relooks"], "sleeps": r.stats["sleeps"]}),
+          flush=True)
+"""
+
+
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_each_lone_store_wakes_the_waiter_wherever_it_lands(
+        tmp_path: Path, procs: list[subprocess.Popen[str]]) -> None:
+    """500 rounds of one store, each made as the waiter in another process returns the one
+    before (plus 0 to 300 us): it lands anywhere in the waiter's next look, compare, flag
+    and sleep, and is the last store for a while.  A store the waiter slept through would
+    wait for its 0.2 s look-again: no round may need it."""
+    path = tmp_path / "rec.bin"
+    w = Writer(path)
+    w.write(numbered(0))
+    last = 500
+    waiter = _start([sys.executable, "-c", ECHO_WAITER, str(path), str(last)])
+    procs.append(waiter)
+    assert waiter.stdout is not None
+    rng = random.Random(43)
+    for n in range(1, last + 1):
+        _spin(rng.random() * 0.0003 if n > 1 else 0.0)
+        w.write(numbered(n))
+        seen, relooks = map(int, waiter.stdout.readline().split())
+        assert (seen, relooks) == (n, 0), f"store {n} slept through"
+    w.close()
+    got = json.loads(waiter.stdout.readline())  # (communicate() would miss what is buffered)
+    assert waiter.wait(PATIENCE) == 0
+    assert got["relooks"] == 0, got
 
 
 def test_waiting_threads_never_sleep_through_stores(tmp_path: Path,
