@@ -485,14 +485,14 @@ def wait_forever():
     with Reader(path) as r:
         while not stop:
             try:
-                r.wait_for_change(rng.random() * 0.03)
+                r.wait_for_change(rng.random() * 0.01)
                 kind = "change"
             except (OSError, MmapipcError) as e:
                 kind = type(e).__name__
             outcomes[kind] = outcomes.get(kind, 0) + 1
 
 print("ready", flush=True)
-waiters = [threading.Thread(target=wait_forever) for _ in range(2)]
+waiters = [threading.Thread(target=wait_forever) for _ in range(4)]
 for t in waiters:
     t.start()
 sys.stdin.readline()
@@ -518,9 +518,9 @@ def test_truncations_at_random_moments_kill_no_waiter(tmp_path: Path,
     procs.append(churn)
     assert churn.stdout is not None and churn.stdout.readline().strip() == "ready"
     rng = random.Random(29)
-    end = time.monotonic() + 3.0
     n = 0
-    while time.monotonic() < end:
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:  # at random moments
         n += 1
         try:
             w.write(numbered(n))
@@ -533,6 +533,16 @@ def test_truncations_at_random_moments_kill_no_waiter(tmp_path: Path,
             os.truncate(path, 28)
         else:
             time.sleep(rng.random() * 0.002)
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end and churn.poll() is None:  # as fast as it goes
+        n += 1
+        os.truncate(path, 0)
+        os.truncate(path, 28)
+        try:
+            w.write(numbered(n))  # a notifying writer's record again: the waiters flag it
+        except OSError:
+            pass
+        _spin(rng.random() * 0.00005)
     assert churn.poll() is None, churn.communicate()
     out, err = churn.communicate("\n", timeout=PATIENCE)
     w.close()
