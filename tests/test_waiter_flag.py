@@ -927,3 +927,52 @@ def test_children_of_a_waiting_process_keep_working(tmp_path: Path,
     w.close()
     got = _result(forker)
     assert got == {"hung": 0, "failed": 0}, got
+
+
+# ---- where the waiter cannot flag: no /proc, a read-only mount --------------------------------
+
+UNSHARED_WAITER = NUMBERED_PY + """
+path, last = sys.argv[1], int(sys.argv[2])
+with Reader(path) as r:
+    print("ready", flush=True)
+    ids = []
+    while not ids or ids[-1] < last:
+        ids.append(r.wait_for_change(10).id)
+    print(json.dumps({"ids": ids, "sleeps": r.stats["sleeps"]}), flush=True)
+"""
+
+
+@root_only
+@pytest.mark.parametrize("where", ["no-proc", "read-only-mount"])
+def test_a_waiter_that_cannot_flag_sees_every_slow_change(
+        tmp_path: Path, where: str, procs: list[subprocess.Popen[str]]) -> None:
+    """A waiter in a mount namespace without /proc (it cannot open its descriptor again),
+    or that sees the file through a read-only bind mount (EROFS), never sleeps on the
+    futex, polls, and sees each of a notifying writer's changes 20 ms apart; it leaves the
+    marker alone."""
+    unshare = shutil.which("unshare")
+    assert unshare is not None, "util-linux unshare is needed"
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / "rec.bin"
+    with Writer(path) as w:
+        w.write(numbered(0))
+    if where == "no-proc":
+        setup, seen = "umount -l /proc", path
+    else:
+        view = tmp_path / "view"
+        view.mkdir()
+        setup = f"mount --bind {data} {view} && mount -o remount,ro,bind {view}"
+        seen = view / "rec.bin"
+    last = 20
+    waiter = _start([unshare, "-m", "--propagation", "private", "sh", "-c",
+                     f'{setup} && exec "$0" -c "$1" "$2" "$3"', sys.executable, UNSHARED_WAITER,
+                     str(seen), str(last)])
+    procs.append(waiter)
+    with Writer(path) as w:
+        for n in range(1, last + 1):
+            time.sleep(0.02)
+            w.write(numbered(n))
+    got = _result(waiter)
+    assert got["ids"] == list(range(1, last + 1)) and got["sleeps"] == 0, got
+    assert path.read_bytes()[MARKER] == NOTIFY
