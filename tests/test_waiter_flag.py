@@ -976,3 +976,45 @@ def test_a_waiter_that_cannot_flag_sees_every_slow_change(
     got = _result(waiter)
     assert got["ids"] == list(range(1, last + 1)) and got["sleeps"] == 0, got
     assert path.read_bytes()[MARKER] == NOTIFY
+
+
+EMFILE_WAITER = NUMBERED_PY + """
+import os, resource
+path = sys.argv[1]
+with Reader(path) as r:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers = []
+    try:
+        while True:  # no descriptor left: opening the file again for the flag fails
+            fillers.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        pass
+    try:
+        r.wait_for_change(0.05)
+    except TimeoutError:
+        pass
+    for fd in fillers:
+        os.close(fd)
+    denied = r.stats["sleeps"]
+    try:
+        r.wait_for_change(0.3)
+    except TimeoutError:
+        pass
+    print(json.dumps({"sleeps_while_out_of_descriptors": denied,
+                      "sleeps_after": r.stats["sleeps"] - denied}), flush=True)
+"""
+
+
+def test_a_waiter_out_of_descriptors_for_a_moment_sleeps_again_later(tmp_path: Path) -> None:
+    """A waiter that could not open its descriptor again for a passing reason (EMFILE: no
+    descriptor left) polls meanwhile, and sleeps on the futex again once it can, rather
+    than polling for the rest of the Reader's life as one that may not write the file."""
+    path = tmp_path / "rec.bin"
+    with Writer(path) as w:
+        w.write(numbered(0))
+    proc = subprocess.run([sys.executable, "-c", EMFILE_WAITER, str(path)], capture_output=True,
+                          text=True, timeout=PATIENCE, check=False)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["sleeps_while_out_of_descriptors"] == 0, got
+    assert got["sleeps_after"] > 0, got
