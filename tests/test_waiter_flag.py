@@ -20,7 +20,7 @@ import pytest
 from conftest import as_nobody, numbered, root_only
 
 import mmapipc.mapping
-from mmapipc import Reader, Student, Writer, get_include
+from mmapipc import Layout, Reader, Student, Writer, get_include
 from mmapipc._ffi import lib
 from mmapipc.errors import FileTooShortError
 
@@ -1018,3 +1018,35 @@ def test_a_waiter_out_of_descriptors_for_a_moment_sleeps_again_later(tmp_path: P
     got = json.loads(proc.stdout)
     assert got["sleeps_while_out_of_descriptors"] == 0, got
     assert got["sleeps_after"] > 0, got
+
+
+def test_a_marker_outside_the_futex_word_means_a_wake_at_every_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layout whose marker (11) lies outside the word of its sequence (12-15): no waiter
+    can say it sleeps, so the writer wakes at every store and the waiter never writes the
+    file; 200 lone stores at random moments each wake the sleeping waiter at once."""
+    monkeypatch.setattr(mmapipc.mapping, "_WAIT_SLICE_NS", 5 * 10**9)
+    layout = Layout.from_c("struct w { double d; short s; char c; };", "w")
+    assert layout.lock_offsets == (11, 12)
+    path = tmp_path / "rec.bin"
+    w = Writer(path, layout=layout)
+    w.write(layout.record(0.0, 0, b"a"))
+    seen: list[float] = []
+    with Reader(path, layout=layout) as r:
+        def wait_all() -> None:
+            while not seen or seen[-1] < 200:
+                seen.append(r.wait_for_change(10).d)
+
+        t = threading.Thread(target=wait_all)
+        t.start()
+        rng = random.Random(47)
+        for n in range(1, 201):
+            while len(seen) < n - 1:
+                time.sleep(0)
+            _spin(rng.random() * 0.0003)
+            w.write(layout.record(float(n), n, b"b"))
+            assert path.read_bytes()[11] == NOTIFY
+        t.join(PATIENCE)
+        assert r.stats["relooks"] == 0 and r.stats["sleeps"] > 0, r.stats
+    w.close()
+    assert seen[-1] == 200.0
