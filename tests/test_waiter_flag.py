@@ -1050,3 +1050,43 @@ def test_a_marker_outside_the_futex_word_means_a_wake_at_every_store(
         assert r.stats["relooks"] == 0 and r.stats["sleeps"] > 0, r.stats
     w.close()
     assert seen[-1] == 200.0
+
+
+@root_only
+def test_a_c_waiter_that_may_not_write_polls_and_sees_whole_records(
+        open_dir: Path, cbuild: Build) -> None:
+    """mmapipc_rec_wait in a process that may not write the file (uid 65534): it never
+    sleeps on the futex (it cannot say it is there), and sees whole records in order from a
+    C writer storing at random moments."""
+    path = open_dir / "rec.bin"
+    with Writer(path) as w:
+        w.write(numbered(0))
+    os.chmod(path, 0o644)
+    writer_exe = cbuild("writer", C_WRITER)
+    waiters = Path(shutil.copy(cbuild("waiters", C_WAITERS), open_dir / "waiters"))
+    ready = open_dir / "tmp" / "ready"
+    outcome: list[str] = []
+
+    def write_when_ready() -> None:
+        deadline = time.monotonic() + PATIENCE
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        outcome.append(subprocess.run([str(writer_exe), str(path), "200"], input="\n",
+                                      capture_output=True, text=True, timeout=PATIENCE,
+                                      check=True).stdout)
+
+    def wait_as_nobody() -> None:
+        proc = _start([str(waiters), str(path), "200", "1"])
+        ready.touch()
+        got = _result(proc)
+        assert got["bad"] == 0 and got["sleeps"] == 0, got
+
+    writer = threading.Thread(target=write_when_ready)
+    writer.start()
+    try:
+        as_nobody(wait_as_nobody)
+    finally:
+        ready.touch()
+        writer.join(PATIENCE)
+    assert outcome and "long_gaps" in outcome[0]
+    assert path.read_bytes()[MARKER] == NOTIFY
