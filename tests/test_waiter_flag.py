@@ -1090,3 +1090,40 @@ def test_a_c_waiter_that_may_not_write_polls_and_sees_whole_records(
         writer.join(PATIENCE)
     assert outcome and "long_gaps" in outcome[0]
     assert path.read_bytes()[MARKER] == NOTIFY
+
+
+def test_the_flag_lands_in_the_right_page_of_a_large_record(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 5016-byte record whose lock sits at 5001-5003, in the second page: the waiter maps
+    that page read-write and flags byte 5001, nothing else; each lone store wakes it."""
+    monkeypatch.setattr(mmapipc.mapping, "_WAIT_SLICE_NS", 5 * 10**9)
+    layout = Layout.from_c("struct big { char a[5000]; char c; double d; };", "big")
+    assert layout.lock_offsets == (5001, 5002)
+    path = tmp_path / "rec.bin"
+    w = Writer(path, layout=layout)
+    w.write(layout.record(b"z" * 4999, b"c", 0.0))
+    stored = path.read_bytes()
+    seen: list[float] = []
+    with Reader(path, layout=layout) as r:
+        def wait_all() -> None:
+            while not seen or seen[-1] < 30:
+                seen.append(r.wait_for_change(10).d)
+
+        t = threading.Thread(target=wait_all)
+        t.start()
+        for n in range(1, 31):
+            while len(seen) < n - 1:
+                time.sleep(0)
+            if n % 10 == 0:  # asleep, flagged: only the marker byte differs
+                deadline = time.monotonic() + PATIENCE
+                while path.read_bytes()[5001] != WAITED:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.001)
+                flagged = path.read_bytes()
+                assert flagged[:5001] == stored[:5001] and flagged[5002:] == stored[5002:]
+            w.write(layout.record(b"z" * 4999, b"c", float(n)))
+            stored = path.read_bytes()
+        t.join(PATIENCE)
+        assert r.stats["relooks"] == 0 and r.stats["sleeps"] > 0, r.stats
+    w.close()
+    assert seen[-1] == 30.0
