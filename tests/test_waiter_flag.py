@@ -1127,3 +1127,51 @@ def test_the_flag_lands_in_the_right_page_of_a_large_record(
         assert r.stats["relooks"] == 0 and r.stats["sleeps"] > 0, r.stats
     w.close()
     assert seen[-1] == 30.0
+
+
+C_EMFILE_WAITER = C_COUNTED + r"""
+#include <fcntl.h>
+/* mmapipc_rec_wait with no descriptor left (50 ms), then with them back (300 ms): prints
+ * the futex sleeps of each part. */
+int main(int argc, char **argv)
+{
+    if (argc != 2)
+        return 2;
+    mmapipc_rec *r = mmapipc_rec_open(argv[1], MMAPIPC_STU_SIZE, MMAPIPC_STU_MARKER,
+                                      MMAPIPC_STU_SEQ, 0);
+    struct STU s;
+    static int fillers[1 << 20];
+    int n = 0;
+    if (r == NULL || mmapipc_rec_load(r, &s) != 0)
+        return 3;
+    counting = 1;
+    while (n < (1 << 20) && (fillers[n] = open("/dev/null", O_RDONLY)) >= 0)
+        n++;
+    if (mmapipc_rec_wait(r, &s, 50000000LL) != 0)
+        return 4;
+    long before = atomic_load(&sleeps);
+    while (n > 0)
+        close(fillers[--n]);
+    if (mmapipc_rec_wait(r, &s, 300000000LL) != 0)
+        return 5;
+    printf("{\"out_of_descriptors\": %ld, \"after\": %ld}\n", before,
+           atomic_load(&sleeps) - before);
+    mmapipc_rec_close(r);
+    return 0;
+}
+"""
+
+
+def test_a_c_waiter_out_of_descriptors_for_a_moment_sleeps_again_later(
+        tmp_path: Path, cbuild: Build) -> None:
+    """mmapipc_rec_wait, like the Python wait: a passing EMFILE makes it look, not give up
+    sleeping on the futex for the handle's life."""
+    path = tmp_path / "rec.bin"
+    with Writer(path) as w:
+        w.write(numbered(0))
+    exe = cbuild("emfile", C_EMFILE_WAITER)
+    proc = subprocess.run(["sh", "-c", 'ulimit -n 256 && exec "$0" "$1"', str(exe), str(path)],
+                          capture_output=True, text=True, timeout=PATIENCE, check=False)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)
+    got = json.loads(proc.stdout)
+    assert got == {"out_of_descriptors": 0, "after": got["after"]} and got["after"] > 0, got
