@@ -72,7 +72,8 @@ struct mmapipc_channel {
     _Atomic uint32_t *rw_word; /* wait: the futex word in a writable mapping (or NULL) */
     void *rw_base;            /* wait: that mapping */
     size_t rw_len;
-    int rw_denied;            /* wait: this process may not write the file */
+    int rw_denied;            /* wait: this process may not write the file (a passing
+                               * failure, e.g. EMFILE, is tried again at the next wait) */
     struct change changes[NGAPS]; /* wait: the last changes seen */
     struct rhythm rhythm;     /* wait: the writer's, as the changes seen say */
     int regular;              /* wait: rhythm holds (a regular writer) */
@@ -1223,7 +1224,7 @@ static int may_sleep(mmapipc_channel *ch, uint32_t *word)
         return 1;   /* the writer wakes whoever may be there */
     if (ch->rw_word == NULL && !ch->rw_denied) {
         ch->rw_word = mmapipc_rec__map_word_rw(ch->fd, &ch->geo, &ch->rw_base, &ch->rw_len);
-        ch->rw_denied = ch->rw_word == NULL;
+        ch->rw_denied = ch->rw_word == NULL && !mmapipc_rec__rw_passing(errno);
     }
     if (ch->rw_word == NULL)
         return -1;

@@ -16,6 +16,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast, overload
@@ -152,6 +153,21 @@ def _check_lock_offsets(codec: Codec[Any]) -> tuple[int, int]:
         raise ValueError(f"lock offsets (marker {marker}, sequence {seq}) do not fit in the"
                          f" padding of a {size}-byte record")
     return marker, seq
+
+
+# Every live Reader, so that a child of fork() can make their locks anew.
+_readers: weakref.WeakSet[Reader[Any]] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """In a child of fork() only the forking thread runs: a Reader's lock that another
+    thread of the parent held at the fork would never be let go, and the child's first
+    read() would hang.  Make each anew (the C channel does the same with its mutex)."""
+    for reader in list(_readers):
+        reader._lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Mapping(Generic[T]):
@@ -403,6 +419,7 @@ class Reader(_Mapping[T]):
         self._decode = self.codec.decode
         self._load = lib.mmapipc_load
         self._lock = threading.RLock()
+        _readers.add(self)
         flags = lib.MMAPIPC_FOLLOW if follow else 0
         if wait:
             self._open_when_ready(wait_timeout, flags)

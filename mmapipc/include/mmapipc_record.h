@@ -244,6 +244,15 @@ static inline _Atomic uint32_t *mmapipc_rec__map_word_rw(int fd, const struct mm
     return (_Atomic uint32_t *)((unsigned char *)m + (off - start));
 }
 
+/* Is errno, from mmapipc_rec__map_word_rw, a passing reason (no descriptor or memory
+ * left, a lease being broken, a signal) to try again at the next wait, rather than a
+ * refusal (EACCES, EROFS, no /proc...) that lasts as long as the descriptor? */
+static inline int mmapipc_rec__rw_passing(int err)
+{
+    return err == EMFILE || err == ENFILE || err == ENOMEM || err == EAGAIN ||
+           err == EWOULDBLOCK || err == EINTR;
+}
+
 static inline void mmapipc_rec__futex_wake(_Atomic uint32_t *word)
 {
     syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
@@ -490,7 +499,8 @@ typedef struct mmapipc_rec {
     _Atomic uint32_t *rw_word; /* wait: the futex word, writable (NULL: not mapped yet) */
     void *rw_base;             /* wait: its mapping */
     size_t rw_len;
-    int rw_denied;             /* wait: this process may not write the file: look instead */
+    int rw_denied;             /* wait: this process may not write the file: look instead
+                                * (not set for a passing failure: tried again next time) */
 } mmapipc_rec;
 
 /* Open path and map one record of size bytes with the lock's marker and
@@ -622,7 +632,7 @@ static inline int mmapipc_rec__may_sleep(mmapipc_rec *r, uint32_t *word)
         return 1;
     if (r->rw_word == NULL && !r->rw_denied) {
         r->rw_word = mmapipc_rec__map_word_rw(r->fd, g, &r->rw_base, &r->rw_len);
-        r->rw_denied = r->rw_word == NULL;
+        r->rw_denied = r->rw_word == NULL && !mmapipc_rec__rw_passing(errno);
     }
     return r->rw_word == NULL ? -1 : mmapipc_rec__flag_waiter(g, r->rw_word, word);
 }
