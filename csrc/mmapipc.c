@@ -27,7 +27,8 @@
 
 _Static_assert(MMAPIPC_SEQ_MARKER == MMAPIPC_REC_LOCK_MARKER &&
                    MMAPIPC_NOTIFY_MARKER == MMAPIPC_REC_NOTIFY_MARKER &&
-                   MMAPIPC_WAITED_MARKER == MMAPIPC_REC_WAITED_MARKER,
+                   MMAPIPC_WAITED_MARKER == MMAPIPC_REC_WAITED_MARKER &&
+                   MMAPIPC_RELOOK_NS == MMAPIPC_REC_SLICE_NS,
                "mmapipc.h and mmapipc_record.h name the same markers");
 
 /* What a reader knows about the last record it returned. */

@@ -670,7 +670,7 @@ with Writer(sys.argv[1]) as w:
 # ---- 5. the C library: the same, between C and Python peers -------------------------------
 
 # mmapipc_rec_wait's futex calls go through this counter: a FUTEX_WAIT_BITSET that times
-# out (with 10 s waits: a 100 ms slice that ran out) is a sleep no store ended; counted in
+# out (with 10 s waits: a 200 ms slice that ran out) is a sleep no store ended; counted in
 # a thread once it has seen its first change (the writer runs).
 C_COUNTED = r"""
 #include <stdarg.h>

@@ -74,7 +74,7 @@
 
 /* mmapipc_rec_wait sleeps on a notifying writer's futex at most this long before it
  * looks again: a legacy writer that takes the file over wakes nobody. */
-#define MMAPIPC_REC_SLICE_NS 100000000LL
+#define MMAPIPC_REC_SLICE_NS 200000000LL
 
 /* ---- protocol primitives ----------------------------------------------- */
 
