@@ -413,6 +413,8 @@ class Reader(_Mapping[T]):
             "predict": bool(predict), "busy": bool(busy)})
         if lib.mmapipc_set_wait(self._ch, params) != 0:
             raise ValueError(f"wait parameters refused: {os.strerror(ffi.errno)}")
+        # a busy wait makes no system call a signal could cut short: it keeps its slices
+        self._slice_alone = _WAIT_SLICE_NS if busy else _WAIT_ALONE_NS
         wait_timeout = seconds(wait_timeout, "wait_timeout")
         self._out = ffi.new("char[]", self._size)
         self._outbuf = ffi.buffer(self._out)
@@ -488,7 +490,7 @@ class Reader(_Mapping[T]):
 
         The wait runs in C without the GIL, in slices of WAIT_SLICE seconds so that
         signal handlers (Ctrl-C) run between them; in a process of one thread, where a
-        signal ends the wait in C at once, after the first slice in one go.  Raises
+        signal ends a sleep in C at once, after the first slice in one go (not busy).  Raises
         TimeoutError after timeout (None or inf: no limit), ValueError if the Reader is
         closed meanwhile.
         """
@@ -511,7 +513,7 @@ class Reader(_Mapping[T]):
             elif rc == _ETIMEDOUT:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise self._error(rc)
-                slice_ns = _WAIT_ALONE_NS if _alone() else _WAIT_SLICE_NS
+                slice_ns = self._slice_alone if _alone() else _WAIT_SLICE_NS
             elif rc != _EINTR:
                 raise self._error(rc)
 

@@ -90,6 +90,41 @@ with Reader(sys.argv[1]) as r:
     assert line[0] == "interrupted" and float(line[1]) - sent < 0.1, line
 
 
+@pytest.mark.parametrize("busy", [False, True])
+def test_ctrl_c_ends_a_long_wait_alone_in_its_process(busy: bool, tmp_path: Path) -> None:
+    """Alone in its process a wait stays in C, where only a system call that a signal
+    interrupts lets Ctrl-C through: a busy wait makes none, so it keeps its slices."""
+    path = tmp_path / "rec.bin"
+    path.write_bytes(numbered(1).to_bytes())  # a legacy record: the wait polls (or spins)
+    script = f"""
+import time, sys
+from mmapipc import Reader
+with Reader(sys.argv[1], busy={busy}) as r:
+    try:
+        r.wait_for_change(0.2)
+    except TimeoutError:
+        pass
+    print("ready", flush=True)
+    try:
+        r.wait_for_change(30)
+    except KeyboardInterrupt:
+        print("interrupted", time.monotonic(), flush=True)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script, str(path)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.3)  # well past the first slice
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        line = proc.stdout.readline().split()
+    finally:
+        proc.kill()
+        proc.wait(PATIENCE)
+    assert line and line[0] == "interrupted" and float(line[1]) - sent < 1.0, line
+
+
 def test_a_waiter_never_sleeps_through_a_store(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A writer in another process stores at random moments; with 5 s slices a store slept
