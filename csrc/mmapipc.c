@@ -70,11 +70,7 @@ struct mmapipc_channel {
     struct mmapipc_wait_params wp;
     int64_t last_poll;        /* wait: when the record was last looked at */
     int notified;             /* wait: the last look found a notifying writer */
-    _Atomic uint32_t *rw_word; /* wait: the futex word in a writable mapping (or NULL) */
-    void *rw_base;            /* wait: that mapping */
-    size_t rw_len;
-    int rw_denied;            /* wait: this process may not write the file (a passing
-                               * failure, e.g. EMFILE, is tried again at the next wait) */
+    struct mmapipc_rec_rw rw; /* wait: the futex word, writable, to say a waiter is there */
     struct change changes[NGAPS]; /* wait: the last changes seen */
     struct rhythm rhythm;     /* wait: the writer's, as the changes seen say */
     int regular;              /* wait: rhythm holds (a regular writer) */
@@ -639,10 +635,7 @@ static int unmap_locked(mmapipc_channel *ch)
     int rc = 0;
     if (ch->map != NULL && munmap(ch->map, ch->geo.size) != 0)
         rc = MMAPIPC_EOS;
-    if (ch->rw_word != NULL)
-        munmap(ch->rw_base, ch->rw_len);
-    ch->rw_word = NULL;
-    ch->rw_denied = 0;
+    mmapipc_rec__rw_unmap(&ch->rw);
     if (ch->fd >= 0)
         close(ch->fd);
     ch->map = NULL;
@@ -1201,15 +1194,15 @@ static int look(mmapipc_channel *ch, int64_t now, uint32_t *word, int *notify)
 }
 
 /* Guarded: set the waiter's marker in the futex word (see flag_waiter). */
-static int flag_guarded(mmapipc_channel *ch, uint32_t *word)
+static int flag_guarded(mmapipc_channel *ch, _Atomic uint32_t *rw, uint32_t *word)
 {
     struct guard g;
     int rc;
-    guard_prepare(&g, ch->rw_base, ch->rw_len);
+    guard_prepare(&g, ch->rw.base, ch->rw.len);
     if (sigsetjmp(g.env, 0) != 0)
         return guard_fault(&g);
     guard_arm(&g);
-    rc = mmapipc_rec__flag_waiter(&ch->geo, ch->rw_word, word);
+    rc = mmapipc_rec__flag_waiter(&ch->geo, rw, word);
     guard_end(&g);
     return rc;
 }
@@ -1221,15 +1214,13 @@ static int flag_guarded(mmapipc_channel *ch, uint32_t *word)
  * this process may not write the file to say it waits (a fault: the same). */
 static int may_sleep(mmapipc_channel *ch, uint32_t *word)
 {
+    _Atomic uint32_t *rw;
+    int rc;
     if (!mmapipc_rec__flaggable(&ch->geo))
         return 1;   /* the writer wakes whoever may be there */
-    if (ch->rw_word == NULL && !ch->rw_denied) {
-        ch->rw_word = mmapipc_rec__map_word_rw(ch->fd, &ch->geo, &ch->rw_base, &ch->rw_len);
-        ch->rw_denied = ch->rw_word == NULL && !mmapipc_rec__rw_passing(errno);
-    }
-    if (ch->rw_word == NULL)
+    if ((rw = mmapipc_rec__rw_word(&ch->rw, ch->fd, &ch->geo)) == NULL)
         return -1;
-    int rc = flag_guarded(ch, word);
+    rc = flag_guarded(ch, rw, word);
     return rc < -1 ? -1 : rc;
 }
 
@@ -1240,18 +1231,19 @@ static int may_sleep(mmapipc_channel *ch, uint32_t *word)
 static int pause_wait(mmapipc_channel *ch, int64_t now, int64_t end, uint32_t word, int notify)
 {
     int64_t next;
-    int rc;
+    int rc, may;
     if (ch->wp.busy) {
         pthread_mutex_unlock(&ch->lock);
         cpu_relax();
         return 0;
     }
     ch->notified = notify;
-    if (notify && (rc = may_sleep(ch, &word)) == 0) {
+    may = notify ? may_sleep(ch, &word) : -1;
+    if (may == 0) {
         pthread_mutex_unlock(&ch->lock);
         return 0;   /* a store since the look: look again */
     }
-    if (notify && rc > 0) {
+    if (may > 0) {
         _Atomic uint32_t *addr = futex_word(ch, ch->map);
         int64_t until = now + MMAPIPC_RELOOK_NS < end ? now + MMAPIPC_RELOOK_NS : end;
         ch->st.sleeps++;

@@ -253,6 +253,36 @@ static inline int mmapipc_rec__rw_passing(int err)
            err == EWOULDBLOCK || err == EINTR;
 }
 
+/* A waiter's writable mapping of the futex word's page, made when first needed. */
+struct mmapipc_rec_rw {
+    _Atomic uint32_t *word;   /* the futex word in it (NULL: not mapped) */
+    void *base;               /* the mapping */
+    size_t len;
+    int denied;               /* this process may not write the file: look instead (not
+                               * set for a passing failure: tried again next time) */
+};
+
+/* The futex word, writable, mapped through descriptor fd first if need be; NULL
+ * when this process may not write the file, or could not map it just now. */
+static inline _Atomic uint32_t *mmapipc_rec__rw_word(struct mmapipc_rec_rw *rw, int fd,
+                                                     const struct mmapipc_rec_geom *g)
+{
+    if (rw->word == NULL && !rw->denied) {
+        rw->word = mmapipc_rec__map_word_rw(fd, g, &rw->base, &rw->len);
+        rw->denied = rw->word == NULL && !mmapipc_rec__rw_passing(errno);
+    }
+    return rw->word;
+}
+
+/* Unmap it (if mapped) and forget it: a new file gets its own. */
+static inline void mmapipc_rec__rw_unmap(struct mmapipc_rec_rw *rw)
+{
+    if (rw->word != NULL)
+        munmap(rw->base, rw->len);
+    rw->word = NULL;
+    rw->denied = 0;
+}
+
 static inline void mmapipc_rec__futex_wake(_Atomic uint32_t *word)
 {
     syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
@@ -496,11 +526,7 @@ typedef struct mmapipc_rec {
     int64_t stuck_ns;          /* an odd sequence that stands this long is stuck */
     int64_t unstable_ns;       /* a load gives up (EAGAIN) after this long */
     int64_t poll_ns;           /* wait: how often to look when the writer does not notify */
-    _Atomic uint32_t *rw_word; /* wait: the futex word, writable (NULL: not mapped yet) */
-    void *rw_base;             /* wait: its mapping */
-    size_t rw_len;
-    int rw_denied;             /* wait: this process may not write the file: look instead
-                                * (not set for a passing failure: tried again next time) */
+    struct mmapipc_rec_rw rw;  /* wait: the futex word, writable, to say a waiter is there */
 } mmapipc_rec;
 
 /* Open path and map one record of size bytes with the lock's marker and
@@ -630,11 +656,8 @@ static inline int mmapipc_rec__may_sleep(mmapipc_rec *r, uint32_t *word)
     const struct mmapipc_rec_geom *g = &r->geom;
     if (!mmapipc_rec__flaggable(g))
         return 1;
-    if (r->rw_word == NULL && !r->rw_denied) {
-        r->rw_word = mmapipc_rec__map_word_rw(r->fd, g, &r->rw_base, &r->rw_len);
-        r->rw_denied = r->rw_word == NULL && !mmapipc_rec__rw_passing(errno);
-    }
-    return r->rw_word == NULL ? -1 : mmapipc_rec__flag_waiter(g, r->rw_word, word);
+    _Atomic uint32_t *rw = mmapipc_rec__rw_word(&r->rw, r->fd, g);
+    return rw == NULL ? -1 : mmapipc_rec__flag_waiter(g, rw, word);
 }
 
 /* Wait up to timeout_ns for a record whose fields differ from the last one
@@ -693,8 +716,7 @@ static inline void mmapipc_rec_close(mmapipc_rec *r)
     if (r == NULL)
         return;
     munmap(r->map, r->geom.size);
-    if (r->rw_word != NULL)
-        munmap(r->rw_base, r->rw_len);
+    mmapipc_rec__rw_unmap(&r->rw);
     close(r->fd);
     free(r->last);
     free(r);
