@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # checkout from sys.path (`python -m pytest` puts it there) before importing mmapipc.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
 
-from mmapipc import Student  # noqa: E402
+from mmapipc import Student, get_include  # noqa: E402
 from mmapipc.peers import build_peer, compile_c, find_compiler  # noqa: E402
 
 CSRC = ROOT / "csrc"
@@ -72,6 +72,65 @@ def build_c(cc: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
         return exe
 
     return build
+
+
+# The head of the C programs built on mmapipc_record.h: struct STU and numbered(n), the C
+# twin of numbered() below (its fields all follow from its id).
+NUMBERED_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "mmapipc_record.h"
+
+struct STU {
+    int id;
+    char name[20];
+    char sex;
+};
+
+static inline void numbered(struct STU *s, int n)
+{
+    static const char tail[] = "abcdefghijklm";
+    memset(s, 0, sizeof *s);
+    s->id = n;
+    snprintf(s->name, sizeof s->name, "n%05u%.*s", (unsigned)n % 100000u, n % 14, tail);
+    s->sex = "mf"[n % 2];
+}
+"""
+
+Build = Callable[[str, "str | Path"], Path]
+
+
+@pytest.fixture(scope="session")
+def cbuild(cc: str, tmp_path_factory: pytest.TempPathFactory) -> Build:
+    """Compile a C program (source text, or a path) on mmapipc_record.h, against
+    get_include(), with -Wall -Wextra -Werror; return its path."""
+    out = tmp_path_factory.mktemp("clib")
+
+    def build(name: str, source: str | Path) -> Path:
+        src = Path(source) if isinstance(source, Path) else out / f"{name}.c"
+        if not isinstance(source, Path):
+            src.write_text(source)
+        exe = out / name
+        cmd = [cc, "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", f"-I{get_include()}",
+               "-o", str(exe), str(src)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return exe
+
+    return build
+
+
+def start_ready(cmd: list[str]) -> subprocess.Popen[str]:
+    """Start a process that prints 'ready' once it is; fail the test if it does not."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip() != "ready":
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"{cmd[:3]} did not start: {line!r} {err!r}")
+    return proc
 
 
 Arg = str | bytes | os.PathLike[str]

@@ -13,11 +13,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-from conftest import assert_clean_error, numbered, run_cli, start_cli
+from conftest import (
+    NUMBERED_C,
+    Build,
+    assert_clean_error,
+    numbered,
+    run_cli,
+    start_cli,
+    start_ready,
+)
 
 from mmapipc import Reader, Student, Writer, get_include
 from mmapipc.peers import build_peer
@@ -27,31 +33,8 @@ PERIOD = 2002  # records the writers cycle through
 READ_SECONDS = 5.0  # the Python reader's budget against the C writer
 READ_TARGET = 1_000_000
 
-Build = Callable[[str, str | Path], Path]
 
 
-
-NUMBERED_C = r"""
-#include <stdio.h>
-#include <string.h>
-#include "mmapipc_record.h"
-
-struct STU {
-    int id;
-    char name[20];
-    char sex;
-};
-
-/* The record numbered(n) of the tests: its fields all follow from its id. */
-static inline void numbered(struct STU *s, int n)
-{
-    static const char tail[] = "abcdefghijklm";
-    memset(s, 0, sizeof *s);
-    s->id = n;
-    snprintf(s->name, sizeof s->name, "n%05u%.*s", (unsigned)n % 100000u, n % 14, tail);
-    s->sex = "mf"[n % 2];
-}
-"""
 
 HAMMER_WRITER = NUMBERED_C + rf"""
 /* Stores numbered records through the header as fast as the CPU goes. */
@@ -157,37 +140,6 @@ with Writer(sys.argv[1]) as w:
         for r in records:
             write(r)
 """
-
-
-@pytest.fixture(scope="module")
-def cbuild(cc: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Build]:
-    """Compile a C program (source text or path) against get_include(); return its path."""
-    out = tmp_path_factory.mktemp("clib")
-
-    def build(name: str, source: str | Path) -> Path:
-        src = Path(source) if isinstance(source, Path) else out / f"{name}.c"
-        if not isinstance(source, Path):
-            src.write_text(source)
-        exe = out / name
-        cmd = [cc, "-O2", "-Wall", "-Wextra", "-Werror", f"-I{get_include()}", "-o", str(exe),
-               str(src)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        assert proc.returncode == 0, proc.stderr
-        return exe
-
-    yield build
-
-
-def _start(cmd: list[str]) -> subprocess.Popen[str]:
-    """Start a process that prints 'ready' once it is; fail if it does not."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if line.strip() != "ready":
-        proc.kill()
-        _, err = proc.communicate()
-        pytest.fail(f"{cmd[0]} did not start: {line!r} {err!r}")
-    return proc
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -315,7 +267,7 @@ def test_the_c_writer_in_the_readme_says_why_it_fails(cbuild: Build, tmp_path: P
 def test_c_writer_on_the_header_to_python_reader_never_torn(cbuild: Build, tmp_path: Path) -> None:
     """A C writer storing as fast as it can; Python's Reader: no torn record, ever."""
     path = tmp_path / "stu"
-    writer = _start([str(cbuild("hammer_w", HAMMER_WRITER)), str(path)])
+    writer = start_ready([str(cbuild("hammer_w", HAMMER_WRITER)), str(path)])
     expected = [numbered(n) for n in range(PERIOD)]
     reads = torn = changes = 0
     prev = -1
@@ -349,7 +301,7 @@ def test_c_writer_on_the_header_to_python_reader_never_torn(cbuild: Build, tmp_p
 def test_python_writer_to_c_reader_on_the_header_never_torn(cbuild: Build, tmp_path: Path) -> None:
     path = tmp_path / "stu"
     reader = cbuild("loop_r", LOOP_READER)
-    writer = _start([sys.executable, "-c", PY_HAMMER, str(path)])
+    writer = start_ready([sys.executable, "-c", PY_HAMMER, str(path)])
     try:
         proc = subprocess.run([str(reader), str(path), "3"], capture_output=True, text=True,
                               timeout=30, check=False)
@@ -405,7 +357,7 @@ def test_c_wait_wakes_on_a_python_store(cbuild: Build, tmp_path: Path) -> None:
     waiter = cbuild("waiter", WAITER)
     with Writer(path) as w:
         w.write(numbered(1))
-        proc = _start([str(waiter), str(path), "10000"])
+        proc = start_ready([str(waiter), str(path), "10000"])
         time.sleep(0.3)  # the waiter is asleep on the futex by now
         stored = time.monotonic_ns()
         w.write(numbered(2))
@@ -426,7 +378,7 @@ def test_c_wait_sees_a_legacy_writer_by_looking(cbuild: Build, tmp_path: Path) -
         deadline = time.monotonic() + 10
         while (not path.exists() or path.stat().st_size < 28) and time.monotonic() < deadline:
             time.sleep(0.01)
-        proc = _start([str(cbuild("waiter", WAITER)), str(path), "5000"])
+        proc = start_ready([str(cbuild("waiter", WAITER)), str(path), "5000"])
         out, err = proc.communicate(timeout=30)
     finally:
         mmap_w.kill()
@@ -444,7 +396,7 @@ def test_c_wait_on_a_notifying_writer_sees_a_legacy_writer_take_over(cbuild: Bui
     path = tmp_path / "stu"
     with Writer(path) as w:
         w.write(numbered(1))
-    proc = _start([str(cbuild("waiter", WAITER)), str(path), "10000"])
+    proc = start_ready([str(cbuild("waiter", WAITER)), str(path), "10000"])
     time.sleep(0.2)  # the waiter is asleep on the futex by now
     subprocess.run([str(build_peer("mmap_w", tmp_path)), str(path), "1"], check=True, timeout=30)
     out, err = proc.communicate(timeout=30)
@@ -459,7 +411,7 @@ def test_c_wait_times_out_on_time(cbuild: Build, tmp_path: Path) -> None:
     waiter = cbuild("waiter", WAITER)
     with Writer(path) as w:
         w.write(numbered(1))
-        proc = _start([str(waiter), str(path), "200"])
+        proc = start_ready([str(waiter), str(path), "200"])
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     fields = dict(kv.split("=") for kv in out.split())
@@ -550,8 +502,8 @@ def test_c_and_python_writers_take_turns_through_the_same_lock(cbuild: Build,
     """Two writers of one file, one C on the header and one Python: the compare-and-swap on
     the shared sequence keeps their stores apart, so a reader never sees a mix of both."""
     path = tmp_path / "stu"
-    c_writer = _start([str(cbuild("hammer_w", HAMMER_WRITER)), str(path)])
-    py_writer = _start([sys.executable, "-c", PY_HAMMER, str(path)])
+    c_writer = start_ready([str(cbuild("hammer_w", HAMMER_WRITER)), str(path)])
+    py_writer = start_ready([sys.executable, "-c", PY_HAMMER, str(path)])
     try:
         proc = subprocess.run([str(cbuild("loop_r", LOOP_READER)), str(path), "2"],
                               capture_output=True, text=True, timeout=30, check=False)

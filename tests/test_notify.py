@@ -56,19 +56,14 @@ def test_an_idle_waiter_sleeps_on_the_futex(tmp_path: Path) -> None:
     assert r.stats["polls"] <= 50, r.stats
 
 
-def test_an_idle_waiter_alone_in_its_process_stays_in_c(tmp_path: Path) -> None:
-    """A process of one thread takes Ctrl-C in the waiting thread itself, so its wait
-    needs no 50 ms slices after the first: an idle second is five futex sleeps and a few
-    looks, and SIGINT still ends it at once."""
-    path = tmp_path / "rec.bin"
-    with Writer(path) as w:
-        w.write(numbered(1))
-    script = """
+# Alone in its process: waits FIRST seconds, prints its stats, then waits 30 s for a change
+# that never comes and says when Ctrl-C ended that wait.
+ALONE_WAITER = """
 import json, sys, time
 from mmapipc import Reader
-with Reader(sys.argv[1]) as r:
+with Reader(sys.argv[1], busy=sys.argv[2] == "busy") as r:
     try:
-        r.wait_for_change(1.0)
+        r.wait_for_change(float(sys.argv[3]))
     except TimeoutError:
         pass
     print(json.dumps(r.stats), flush=True)
@@ -77,17 +72,45 @@ with Reader(sys.argv[1]) as r:
     except KeyboardInterrupt:
         print("interrupted", time.monotonic(), flush=True)
 """
-    proc = subprocess.Popen([sys.executable, "-c", script, str(path)],
+
+
+def _interrupt_alone_waiter(path: Path, busy: bool,
+                            first: float) -> tuple[dict[str, int], list[str], int | None]:
+    """Run ALONE_WAITER; SIGINT it 0.3 s into its long wait (well past the first slice):
+    its stats, its last line split (["interrupted", seconds after the signal] if Ctrl-C
+    got through) and its exit status (None: it had to be killed)."""
+    proc = subprocess.Popen([sys.executable, "-c", ALONE_WAITER, str(path),
+                             "busy" if busy else "sleep", str(first)],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    stats = json.loads(proc.stdout.readline())
+    code = None
+    try:
+        stats = json.loads(proc.stdout.readline())
+        time.sleep(0.3)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        line = proc.stdout.readline().split()
+        if line:
+            line[1:] = [str(float(line[1]) - sent)]
+            code = proc.wait(PATIENCE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(PATIENCE)
+    return stats, line, code
+
+
+def test_an_idle_waiter_alone_in_its_process_stays_in_c(tmp_path: Path) -> None:
+    """A process of one thread takes Ctrl-C in the waiting thread itself, so its wait
+    needs no 50 ms slices after the first: an idle second is five futex sleeps and a few
+    looks, and SIGINT still ends it at once."""
+    path = tmp_path / "rec.bin"
+    with Writer(path) as w:
+        w.write(numbered(1))
+    stats, line, code = _interrupt_alone_waiter(path, busy=False, first=1.0)
     assert 4 <= stats["sleeps"] <= 8 and stats["polls"] <= 10, stats
-    time.sleep(0.3)
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    line = proc.stdout.readline().split()
-    assert proc.wait(PATIENCE) == 0
-    assert line[0] == "interrupted" and float(line[1]) - sent < 0.1, line
+    assert code == 0
+    assert line and line[0] == "interrupted" and float(line[1]) < 0.1, line
 
 
 @pytest.mark.parametrize("busy", [False, True])
@@ -96,33 +119,8 @@ def test_ctrl_c_ends_a_long_wait_alone_in_its_process(busy: bool, tmp_path: Path
     interrupts lets Ctrl-C through: a busy wait makes none, so it keeps its slices."""
     path = tmp_path / "rec.bin"
     path.write_bytes(numbered(1).to_bytes())  # a legacy record: the wait polls (or spins)
-    script = f"""
-import time, sys
-from mmapipc import Reader
-with Reader(sys.argv[1], busy={busy}) as r:
-    try:
-        r.wait_for_change(0.2)
-    except TimeoutError:
-        pass
-    print("ready", flush=True)
-    try:
-        r.wait_for_change(30)
-    except KeyboardInterrupt:
-        print("interrupted", time.monotonic(), flush=True)
-"""
-    proc = subprocess.Popen([sys.executable, "-c", script, str(path)],
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(0.3)  # well past the first slice
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        line = proc.stdout.readline().split()
-    finally:
-        proc.kill()
-        proc.wait(PATIENCE)
-    assert line and line[0] == "interrupted" and float(line[1]) - sent < 1.0, line
+    _, line, _ = _interrupt_alone_waiter(path, busy, first=0.2)
+    assert line and line[0] == "interrupted" and float(line[1]) < 1.0, line
 
 
 def test_a_waiter_never_sleeps_through_a_store(tmp_path: Path,

@@ -13,14 +13,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import as_nobody, numbered, root_only
+from conftest import NUMBERED_C, Build, as_nobody, numbered, root_only, start_ready
 
 import mmapipc.mapping
-from mmapipc import Layout, Reader, Student, Writer, get_include
+from mmapipc import Layout, Reader, Student, Writer
 from mmapipc._ffi import lib
 from mmapipc.errors import FileTooShortError
 
@@ -30,8 +30,6 @@ MARKER = 25
 WAITED = lib.MMAPIPC_WAITED_MARKER
 NOTIFY = lib.MMAPIPC_NOTIFY_MARKER
 RELOOK = lib.MMAPIPC_RELOOK_NS / 1e9
-
-Build = Callable[[str, str], Path]
 
 NUMBERED_PY = """
 import json, random, sys, time
@@ -87,17 +85,6 @@ with Reader(path) as r:
 """
 
 
-def _start(cmd: list[str]) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if line.strip() != "ready":
-        proc.kill()
-        _, err = proc.communicate()
-        pytest.fail(f"{cmd[:3]} did not start: {line!r} {err!r}")
-    return proc
-
-
 def _result(proc: subprocess.Popen[str]) -> dict[str, object]:
     out, err = proc.communicate(timeout=PATIENCE)
     assert proc.returncode == 0, (proc.returncode, err)
@@ -135,7 +122,7 @@ def test_waiters_in_processes_never_sleep_through_random_stores(
     with Writer(path) as w:
         w.write(numbered(0))
     last = 400
-    waiters = [_start([sys.executable, "-c", WAITER, str(path), str(last)]) for _ in range(3)]
+    waiters = [start_ready([sys.executable, "-c", WAITER, str(path), str(last)]) for _ in range(3)]
     procs.extend(waiters)
     _wait_for_flag(path)
     if notify:
@@ -196,7 +183,7 @@ def test_each_lone_store_wakes_the_waiter_wherever_it_lands(
     w = Writer(path)
     w.write(numbered(0))
     last = 500
-    waiter = _start([sys.executable, "-c", ECHO_WAITER, str(path), str(last)])
+    waiter = start_ready([sys.executable, "-c", ECHO_WAITER, str(path), str(last)])
     procs.append(waiter)
     assert waiter.stdout is not None
     rng = random.Random(43)
@@ -286,29 +273,7 @@ def test_a_quiet_writer_over_a_flagged_record_wakes_the_waiter(tmp_path: Path,
 
 # ---- 2. no torn or stale record; the flag never shows --------------------------------------
 
-C_HEAD = r"""
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include "mmapipc_record.h"
-
-struct STU {
-    int id;
-    char name[20];
-    char sex;
-};
-
-static inline void numbered(struct STU *s, int n)
-{
-    static const char tail[] = "abcdefghijklm";
-    memset(s, 0, sizeof *s);
-    s->id = n;
-    snprintf(s->name, sizeof s->name, "n%05u%.*s", (unsigned)n % 100000u, n % 14, tail);
-    s->sex = "mf"[n % 2];
-}
-"""
-
-C_LOADER = C_HEAD + r"""
+C_LOADER = NUMBERED_C + r"""
 /* mmapipc_rec_load until the record's id reaches LAST: counts records that are not
  * whole, that go back, or whose lock bytes are not zero. */
 int main(int argc, char **argv)
@@ -344,24 +309,6 @@ int main(int argc, char **argv)
 """
 
 
-@pytest.fixture(scope="module")
-def cbuild(cc: str, tmp_path_factory: pytest.TempPathFactory) -> Build:
-    """Compile a C program on mmapipc_record.h (-Wall -Wextra -Werror); return its path."""
-    out = tmp_path_factory.mktemp("flagc")
-
-    def build(name: str, source: str) -> Path:
-        src = out / f"{name}.c"
-        src.write_text(source)
-        exe = out / name
-        cmd = [cc, "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", f"-I{get_include()}",
-               "-o", str(exe), str(src)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        assert proc.returncode == 0, proc.stderr
-        return exe
-
-    return build
-
-
 def test_readers_of_every_kind_never_see_the_flag_or_a_torn_record(
         tmp_path: Path, cbuild: Build, procs: list[subprocess.Popen[str]]) -> None:
     """While waiters in three processes flag the word before each sleep and a writer
@@ -372,8 +319,8 @@ def test_readers_of_every_kind_never_see_the_flag_or_a_torn_record(
     with Writer(path) as w:
         w.write(numbered(0))
     last = 400
-    waiters = [_start([sys.executable, "-c", WAITER, str(path), str(last)]) for _ in range(3)]
-    loader = _start([str(cbuild("loader", C_LOADER)), str(path), str(last)])
+    waiters = [start_ready([sys.executable, "-c", WAITER, str(path), str(last)]) for _ in range(3)]
+    loader = start_ready([str(cbuild("loader", C_LOADER)), str(path), str(last)])
     procs.extend([*waiters, loader])
     _wait_for_flag(path)
     writer = subprocess.Popen([sys.executable, "-c", RANDOM_WRITER, str(path), str(last), "17",
@@ -447,7 +394,7 @@ def test_a_sleeping_waiter_sees_the_file_truncated(tmp_path: Path, size: int,
     path = tmp_path / "rec.bin"
     with Writer(path) as w:
         w.write(numbered(1))
-    waiter = _start([sys.executable, "-c", SLEEPER, str(path)])
+    waiter = start_ready([sys.executable, "-c", SLEEPER, str(path)])
     procs.append(waiter)
     _wait_for_flag(path)
     os.truncate(path, size)
@@ -462,7 +409,7 @@ def test_a_sleeping_waiter_follows_a_replaced_file(tmp_path: Path,
     path = tmp_path / "rec.bin"
     with Writer(path) as w:
         w.write(numbered(1))
-    waiter = _start([sys.executable, "-c", SLEEPER, str(path)])
+    waiter = start_ready([sys.executable, "-c", SLEEPER, str(path)])
     procs.append(waiter)
     _wait_for_flag(path)
     new = tmp_path / "new.bin"
@@ -602,7 +549,7 @@ def test_a_killed_waiter_costs_one_wake_then_none(tmp_path: Path,
     path = tmp_path / "rec.bin"
     with Writer(path) as w:
         w.write(numbered(0))
-    waiter = _start([sys.executable, "-c", SLEEPER, str(path)])
+    waiter = start_ready([sys.executable, "-c", SLEEPER, str(path)])
     procs.append(waiter)
     _wait_for_flag(path)
     waiter.kill()
@@ -650,7 +597,7 @@ with Writer(sys.argv[1]) as w:
     assert writer.stdin is not None and writer.stdout is not None
     assert writer.stdout.readline().strip() == "alone"
     assert _futex_wakes(log) == []
-    waiters = [_start([sys.executable, "-c", WAITER, str(path), "200"]) for _ in range(3)]
+    waiters = [start_ready([sys.executable, "-c", WAITER, str(path), "200"]) for _ in range(3)]
     procs.extend(waiters)
     _wait_for_flag(path)
     writer.stdin.write("\n")
@@ -677,7 +624,7 @@ C_COUNTED = r"""
 #include <stdatomic.h>
 long counted_syscall(long n, ...);
 #define syscall counted_syscall
-""" + C_HEAD + r"""
+""" + NUMBERED_C + r"""
 #undef syscall
 #include <pthread.h>
 extern long syscall(long n, ...);
@@ -759,7 +706,7 @@ int main(int argc, char **argv)
 }
 """
 
-C_WRITER = C_HEAD + r"""
+C_WRITER = NUMBERED_C + r"""
 #include <time.h>
 /* Stores numbered 1..LAST at random moments (bursts, gaps up to 6 ms) once told to on
  * stdin; prints how many gaps were over 50 ms (a waiter's own look-again is no miss). */
@@ -820,10 +767,10 @@ def test_c_and_python_peers_never_sleep_through_a_store(
         w.write(numbered(0))
     last = 300
     if waiter_kind == "python":
-        waiters = [_start([sys.executable, "-c", WAITER, str(path), str(last)])
+        waiters = [start_ready([sys.executable, "-c", WAITER, str(path), str(last)])
                    for _ in range(3)]
     else:
-        waiters = [_start([str(cbuild("waiters", C_WAITERS)), str(path), str(last), "3"])]
+        waiters = [start_ready([str(cbuild("waiters", C_WAITERS)), str(path), str(last), "3"])]
     procs.extend(waiters)
     _wait_for_flag(path)
     if writer_kind == "python":
@@ -917,7 +864,7 @@ def test_children_of_a_waiting_process_keep_working(tmp_path: Path,
     path = tmp_path / "rec.bin"
     w = Writer(path)
     w.write(numbered(0))
-    forker = _start([sys.executable, "-c", FORKER, str(path)])
+    forker = start_ready([sys.executable, "-c", FORKER, str(path)])
     procs.append(forker)
     n = 0
     while forker.poll() is None:
@@ -965,7 +912,7 @@ def test_a_waiter_that_cannot_flag_sees_every_slow_change(
         setup = f"mount --bind {data} {view} && mount -o remount,ro,bind {view}"
         seen = view / "rec.bin"
     last = 20
-    waiter = _start([unshare, "-m", "--propagation", "private", "sh", "-c",
+    waiter = start_ready([unshare, "-m", "--propagation", "private", "sh", "-c",
                      f'{setup} && exec "$0" -c "$1" "$2" "$3"', sys.executable, UNSHARED_WAITER,
                      str(seen), str(last)])
     procs.append(waiter)
@@ -1076,7 +1023,7 @@ def test_a_c_waiter_that_may_not_write_polls_and_sees_whole_records(
                                       check=True).stdout)
 
     def wait_as_nobody() -> None:
-        proc = _start([str(waiters), str(path), "200", "1"])
+        proc = start_ready([str(waiters), str(path), "200", "1"])
         ready.touch()
         got = _result(proc)
         assert got["bad"] == 0 and got["sleeps"] == 0, got
