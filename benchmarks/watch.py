@@ -34,7 +34,7 @@ from typing import Any
 import mmapipc
 from mmapipc import Reader, Student, Writer
 from mmapipc.mapping import IDLE_AFTER, IDLE_GAP, MAX_GAP
-from mmapipc.peers import find_compiler
+from mmapipc.peers import CompilerError, compile_c
 
 SCRIPT = Path(__file__).resolve()
 RECORD = struct.Struct("=i20sc3x")
@@ -180,14 +180,7 @@ int main(int argc, char **argv)
 
 def build_reader(tmp: Path) -> Path | None:
     """Compile the C reader on mmapipc_record.h: the floor under a Python watcher."""
-    cc = find_compiler()
-    src, exe = tmp / "reader.c", tmp / "reader"
-    src.write_text(READER_C)
-    include = f"-I{mmapipc.get_include()}"
-    if cc is None or subprocess.run([cc, "-O2", include, "-o", str(exe), str(src)],
-                                    capture_output=True, check=False).returncode != 0:
-        return None
-    return exe
+    return _build_c(tmp, "reader", READER_C)
 
 
 def c_reader_case(exe: Path, reader: Path, tmp: Path, label: str, writer: list[str],
@@ -201,16 +194,21 @@ def c_reader_case(exe: Path, reader: Path, tmp: Path, label: str, writer: list[s
     return summarize(label, stored, data, "C rec_wait", max_gap=stay)
 
 
+def _build_c(tmp: Path, name: str, source: str, *libs: str) -> Path | None:
+    """Compile a C program on mmapipc_record.h with the system compiler (None if none)."""
+    src = tmp / f"{name}.c"
+    src.write_text(source)
+    try:
+        return compile_c(src, tmp / name, flags=[f"-I{mmapipc.get_include()}", *libs])
+    except CompilerError:
+        return None
+
+
 def build_writer(tmp: Path) -> Path | None:
     """Compile the stamping writer with the system compiler (None, said, if there is none)."""
-    cc = find_compiler()
-    src, exe = tmp / "writer.c", tmp / "writer"
-    src.write_text(WRITER_C)
-    include = f"-I{mmapipc.get_include()}"
-    if cc is None or subprocess.run([cc, "-O2", include, "-o", str(exe), str(src), "-lm"],
-                                    capture_output=True, check=False).returncode != 0:
+    exe = _build_c(tmp, "writer", WRITER_C, "-lm")
+    if exe is None:
         print("watch benchmark skipped: no working C compiler", file=sys.stderr)
-        return None
     return exe
 
 

@@ -6,6 +6,7 @@ import os
 import shlex
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -37,12 +38,14 @@ def find_compiler() -> str | None:
     return None
 
 
-def compile_c(source: str | Path, output: str | Path, cc: str | None = None) -> Path:
-    """Compile one C file to an executable; CompilerError with the compiler's message."""
+def compile_c(source: str | Path, output: str | Path, cc: str | None = None,
+              flags: Sequence[str] = ()) -> Path:
+    """Compile one C file to an executable (flags: after the source, e.g. -I, -l);
+    CompilerError with the compiler's message."""
     compiler = cc or find_compiler()
     if compiler is None:
         raise CompilerError("no C compiler found (set CC, or install cc/gcc/clang)")
-    cmd = [*shlex.split(compiler), "-O2", "-o", os.fspath(output), os.fspath(source)]
+    cmd = [*shlex.split(compiler), "-O2", "-o", os.fspath(output), os.fspath(source), *flags]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     except OSError as e:
