@@ -69,7 +69,10 @@ struct mmapipc_channel {
     int short_file;           /* the last check found the file too short */
     struct mmapipc_wait_params wp;
     int64_t last_poll;        /* wait: when the record was last looked at */
+    int noted;                /* wait: a look noted a change that no load took yet */
     int notified;             /* wait: the last look found a notifying writer */
+    int wait_flags;           /* wait: the MMAPIPC_WAIT_* flags of the call under way */
+    int64_t readied;          /* wait: the end of the window MMAPIPC_DUE was given for */
     struct mmapipc_rec_rw rw; /* wait: the futex word, writable, to say a waiter is there */
     struct change changes[NGAPS]; /* wait: the last changes seen */
     struct rhythm rhythm;     /* wait: the writer's, as the changes seen say */
@@ -371,7 +374,8 @@ static void reset_reader(mmapipc_channel *ch)
     ch->nchanges = 0;
     ch->aim = ch->win_lo = ch->win_hi = 0;
     ch->in_step = ch->aim_hits = ch->aimed = ch->regular = 0;
-    ch->planned = ch->lateness = 0;
+    ch->planned = ch->lateness = ch->readied = 0;
+    ch->noted = 0;
 }
 
 /* ---- open and close ---------------------------------------------------- */
@@ -855,6 +859,8 @@ static int look_and_fetch(mmapipc_channel *ch)
     return rc;
 }
 
+static void took_change(mmapipc_channel *ch);
+
 static int load_locked(mmapipc_channel *ch, char *out)
 {
     int covered, rc = check_file_if_due(ch);
@@ -871,6 +877,8 @@ static int load_locked(mmapipc_channel *ch, char *out)
         return 0;
     if (!covered && (rc = check_size(ch)) != 0)
         return rc;
+    if (ch->have != TRUST_NONE && ch->last_poll > 0)   /* a Reader that waits */
+        took_change(ch);
     memcpy(ch->copy, ch->scratch, ch->geo.size);
     ch->have = TRUST_LOADED;
     memcpy(out, ch->copy, ch->geo.size);
@@ -1035,6 +1043,20 @@ static void note_change(mmapipc_channel *ch, int64_t now)
     ch->regular = ch->wp.predict && writer_rhythm(ch, &ch->rhythm);
 }
 
+/* A load took a new record: a change, to be noted unless the look that found
+ * it did (a change taken by a load alone, a read between waits, must count
+ * in the rhythm too, or its gap would read as a writer twice as slow). */
+static void took_change(mmapipc_channel *ch)
+{
+    if (ch->noted) {
+        ch->noted = 0;
+    } else {
+        int64_t now = now_ns();
+        note_change(ch, now);
+        ch->last_poll = now;
+    }
+}
+
 /* Where to look first for a fast regular writer's next change.  When the
  * look there found it, the change came earlier than that, by an unknown
  * amount: aim earlier next time, by twice as much after each such hit in a
@@ -1074,7 +1096,9 @@ static inline int64_t allowance(int64_t gap)
 
 /* The window [*lo, *hi] in which a regular writer's k-th change after the
  * last one seen is due: carried forward from the change that makes it
- * narrowest, widened by the writer's jitter. */
+ * narrowest, widened by the writer's jitter.  A change older than the last
+ * one is carried as far off as the jitter of each gap since: a writer that
+ * sleeps after each store moves all later changes with a late one. */
 static void due_window(const mmapipc_channel *ch, const struct rhythm *r, int64_t k,
                        int64_t *lo, int64_t *hi)
 {
@@ -1082,7 +1106,8 @@ static void due_window(const mmapipc_channel *ch, const struct rhythm *r, int64_
     int n = ch->nchanges;
     int64_t best = INT64_MAX, due = 0;
     for (int i = 0; i < n; i++) {
-        int64_t ahead = n - 1 - i + k, half = c[i].halfw + ahead * r->uperiod;
+        int64_t ahead = n - 1 - i + k;
+        int64_t half = c[i].halfw + ahead * r->uperiod + (n - 1 - i) * r->jitter;
         if (half < best) {
             best = half;
             due = c[i].at + ahead * r->period;
@@ -1188,6 +1213,7 @@ static int look(mmapipc_channel *ch, int64_t now, uint32_t *word, int *notify)
         score_window(ch, now);
         note_change(ch, now);
         aim_next(ch, now);
+        ch->noted = 1;
     }
     ch->last_poll = now;
     return rc;
@@ -1224,10 +1250,43 @@ static int may_sleep(mmapipc_channel *ch, uint32_t *word)
     return rc < -1 ? -1 : rc;
 }
 
+/* A slow regular writer's window is looked at without a pause when it is this
+ * narrow a share of the period, counting the time before it that
+ * MMAPIPC_DUE (asked for) was handed back: after a sleep here the caches are
+ * cold (the CPU was lent out meanwhile), and a change then took ~50 us more
+ * to be found and ~100 us more to be taken by the caller.  Spinning costs at
+ * most 1/SPIN_SHARE of a core, half that typically. */
+#define SPIN_SHARE 250
+
+/* Where the spin through the window looked at next begins, or 0: none. */
+static int64_t spin_from(const mmapipc_channel *ch, int ready)
+{
+    int64_t from = ch->win_lo - FINE_NS - (ready ? MMAPIPC_READY_NS + ch->lateness : 0);
+    int slow = ch->regular && ch->rhythm.period >= SLOW_NS && ch->win_hi != 0;
+    return slow && ch->win_hi - from <= ch->rhythm.period / SPIN_SHARE ? from : 0;
+}
+
+static int spin_through(const mmapipc_channel *ch, int64_t now)
+{
+    int readied = ch->readied == ch->win_hi;
+    int64_t from = spin_from(ch, readied);
+    return from != 0 && (now >= from || readied) && now < ch->win_hi;
+}
+
+/* Is the timed look at next the first one of a window to be spun through,
+ * with room before it to hand back MMAPIPC_DUE (asked for, once a window)? */
+static int ready_first(const mmapipc_channel *ch, int64_t now, int64_t next)
+{
+    return (ch->wait_flags & MMAPIPC_WAIT_READY) && spin_from(ch, 1) != 0 &&
+           ch->readied != ch->win_hi && next + ch->lateness >= ch->win_lo &&
+           next - MMAPIPC_READY_NS > now + FINE_NS;
+}
+
 /* Between two looks, without the channel's mutex: on a notifying writer's
  * futex until it stores (2 when MMAPIPC_RELOOK_NS passed first), else until
- * the next look is due (0).  -1 on a signal; 1 when the slice ran out before
- * the next look was due. */
+ * the next look is due (0), or MMAPIPC_READY_NS before it (3, MMAPIPC_DUE to
+ * the caller).  -1 on a signal; 1 when the slice ran out before the next look
+ * was due. */
 static int pause_wait(mmapipc_channel *ch, int64_t now, int64_t end, uint32_t word, int notify)
 {
     int64_t next;
@@ -1252,6 +1311,17 @@ static int pause_wait(mmapipc_channel *ch, int64_t now, int64_t end, uint32_t wo
         return rc == 1 && until < end ? 2 : rc;
     }
     next = next_look(ch, now);
+    if (spin_through(ch, now)) {
+        pthread_mutex_unlock(&ch->lock);
+        cpu_relax();
+        return 0;
+    }
+    if (next < end && ready_first(ch, now, next)) {
+        ch->readied = ch->win_hi;
+        ch->st.readied++;
+        pthread_mutex_unlock(&ch->lock);
+        return sleep_until(next - MMAPIPC_READY_NS) == 0 ? 3 : -1;
+    }
     ch->planned = next < end ? next : 0;
     pthread_mutex_unlock(&ch->lock);
     if (next >= end)   /* the caller's next call looks first thing */
@@ -1259,7 +1329,7 @@ static int pause_wait(mmapipc_channel *ch, int64_t now, int64_t end, uint32_t wo
     return sleep_until(next);
 }
 
-int mmapipc_wait(mmapipc_channel *ch, int64_t timeout, int resume)
+int mmapipc_wait(mmapipc_channel *ch, int64_t timeout, int flags)
 {
     int64_t start = now_ns(), now = start;
     uint32_t word = 0;
@@ -1268,10 +1338,11 @@ int mmapipc_wait(mmapipc_channel *ch, int64_t timeout, int resume)
         return rc;
     if (!ch->wp.busy)
         fine_timer();
-    if (resume && !ch->wp.busy && !ch->notified && ch->last_poll > 0) {
+    ch->wait_flags = flags;
+    if ((flags & MMAPIPC_WAIT_RESUME) && !ch->wp.busy && !ch->notified && ch->last_poll > 0) {
         /* the slice before ended between two looks: keep their pace */
         int64_t next = next_look(ch, ch->last_poll), end = start + timeout;
-        if (next > now) {
+        if (next > now && !spin_through(ch, now)) {
             ch->planned = next < end ? next : 0;
             pthread_mutex_unlock(&ch->lock);
             if (sleep_until(next < end ? next : end) != 0)
@@ -1285,8 +1356,8 @@ int mmapipc_wait(mmapipc_channel *ch, int64_t timeout, int resume)
         if (now - start >= timeout)
             return leave(ch, MMAPIPC_ETIMEDOUT);
         int paused = pause_wait(ch, now, start + timeout, word, notify);
-        if (paused == 1 || paused < 0)
-            return paused > 0 ? MMAPIPC_ETIMEDOUT : MMAPIPC_EINTR;
+        if (paused == 1 || paused == 3 || paused < 0)
+            return paused < 0 ? MMAPIPC_EINTR : paused == 1 ? MMAPIPC_ETIMEDOUT : MMAPIPC_DUE;
         if ((rc = enter(ch)) != 0)
             return rc;   /* closed while we slept */
         ch->st.relooks += paused == 2;

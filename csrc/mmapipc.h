@@ -70,6 +70,7 @@ struct mmapipc_stats {
     uint64_t reopened;        /* times a reader followed its path to a new file */
     uint64_t sleeps;          /* waits on a notifying writer's futex */
     uint64_t relooks;         /* of those, ended by MMAPIPC_RELOOK_NS, not by a store */
+    uint64_t readied;         /* waits that returned MMAPIPC_DUE (a change about due) */
     int64_t file_size;        /* the file's size when last looked at, -1 unknown */
 };
 
@@ -134,11 +135,20 @@ int mmapipc_poll(mmapipc_channel *ch);
 /* One guarded copy of the mapped bytes into out, as they are. */
 int mmapipc_load_raw(mmapipc_channel *ch, char *out);
 
+/* Flags for mmapipc_wait.  RESUME: this call carries on a wait whose last call
+ * returned before a change (no look before the next one is due).  READY:
+ * return MMAPIPC_DUE once, MMAPIPC_READY_NS before a slow regular writer's
+ * change is due. */
+#define MMAPIPC_WAIT_RESUME 1
+#define MMAPIPC_WAIT_READY 2
+#define MMAPIPC_DUE 2
+#define MMAPIPC_READY_NS 500000
+
 /* Wait up to timeout ns until a load would return a new record: 1, or
- * MMAPIPC_ETIMEDOUT, or MMAPIPC_EINTR when a signal cut a sleep short.
- * resume: this call carries on a wait whose last call timed out (no look
- * before the next one is due). */
-int mmapipc_wait(mmapipc_channel *ch, int64_t timeout, int resume);
+ * MMAPIPC_ETIMEDOUT, or MMAPIPC_EINTR when a signal cut a sleep short, or
+ * (MMAPIPC_WAIT_READY) MMAPIPC_DUE: the caller's code that takes a change can
+ * be run once now, to be in the cache when the change comes. */
+int mmapipc_wait(mmapipc_channel *ch, int64_t timeout, int flags);
 
 int mmapipc_get_stats(mmapipc_channel *ch, struct mmapipc_stats *out);
 
