@@ -58,6 +58,7 @@ MAX_RECORD = 1 << 40
 _WAIT_SLICE_NS = int(WAIT_SLICE * 1e9)
 _WAIT_ALONE_NS = int(LONGEST * 1e9)
 _ETIMEDOUT = lib.MMAPIPC_ETIMEDOUT
+_wait = lib.mmapipc_wait
 _DUE = lib.MMAPIPC_DUE
 _RESUME = lib.MMAPIPC_WAIT_RESUME
 _READY = lib.MMAPIPC_WAIT_READY
@@ -497,28 +498,33 @@ class Reader(_Mapping[T]):
         TimeoutError after timeout (None or inf: no limit), ValueError if the Reader is
         closed meanwhile.
         """
-        limit = seconds(timeout, "timeout")
-        deadline = None if limit is None else time.monotonic() + limit
+        return self._next_change(seconds(timeout, "timeout"))
+
+    def _next_change(self, limit: float | None) -> T:
+        """wait_for_change with its timeout checked: the path every change takes, kept
+        short: a C call to wait, then read()."""
         before = self._last
-        wait = lib.mmapipc_wait
+        ch, wait, slice_ns = self._ch, _wait, _WAIT_SLICE_NS
+        deadline = None if limit is None else time.monotonic() + limit
+        left = slice_ns if limit is None else min(slice_ns, int(limit * 1e9))
         flags = _READY
-        slice_ns = _WAIT_SLICE_NS
         while True:
-            left = slice_ns
-            if deadline is not None:
-                left = max(0, min(left, int((deadline - time.monotonic()) * 1e9)))
-            rc = wait(self._ch, left, flags)
-            flags = _READY | (_RESUME if rc in (_ETIMEDOUT, _DUE) else 0)
+            rc = wait(ch, left, flags)
             if rc == 1 or rc == _DUE:
                 record = self.read() if rc == 1 else self._make_ready()
                 if record is not before:
                     return record
             elif rc == _ETIMEDOUT:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise self._error(rc)
                 slice_ns = self._slice_alone if _alone() else _WAIT_SLICE_NS
             elif rc != _EINTR:
                 raise self._error(rc)
+            flags = (_READY | _RESUME) if rc == _ETIMEDOUT or rc == _DUE else _READY
+            left = slice_ns
+            if deadline is not None:
+                now = time.monotonic()
+                if rc == _ETIMEDOUT and now >= deadline:
+                    raise self._error(rc)
+                left = max(0, min(left, int((deadline - now) * 1e9)))
 
     def _make_ready(self) -> T:
         """Shortly before a slow writer's change is due: take the path a change takes (a
@@ -531,10 +537,11 @@ class Reader(_Mapping[T]):
 
     def watch(self, timeout: float | None = None) -> Iterator[T]:
         """Yield the current record, then each change once; stop after timeout idle seconds."""
+        limit = seconds(timeout, "timeout")
         yield self.read()
         while True:
             try:
-                yield self.wait_for_change(timeout)
+                yield self._next_change(limit)
             except TimeoutError:
                 return
 
