@@ -1255,8 +1255,9 @@ static int may_sleep(mmapipc_channel *ch, uint32_t *word)
  * MMAPIPC_DUE (asked for) was handed back: after a sleep here the caches are
  * cold (the CPU was lent out meanwhile), and a change then took ~50 us more
  * to be found and ~100 us more to be taken by the caller.  Spinning costs at
- * most 1/SPIN_SHARE of a core, half that typically. */
-#define SPIN_SHARE 250
+ * most 1/SPIN_SHARE of a core (the window of a writer still being learnt:
+ * mmap_w's fifth change), about 0.1 % once its period is known. */
+#define SPIN_SHARE 100
 
 /* Where the spin through the window looked at next begins, or 0: none. */
 static int64_t spin_from(const mmapipc_channel *ch, int ready)
