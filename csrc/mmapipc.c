@@ -1293,8 +1293,10 @@ static int64_t ready_at(const mmapipc_channel *ch, int64_t now, int64_t next)
  * futex until it stores (2 when MMAPIPC_RELOOK_NS passed first), else until
  * the next look is due (0), or MMAPIPC_READY_NS before it (3, MMAPIPC_DUE to
  * the caller).  -1 on a signal; 1 when the slice ran out before the next look
- * was due. */
-static int pause_wait(mmapipc_channel *ch, int64_t now, int64_t end, uint32_t word, int notify)
+ * was due; 4 (MMAPIPC_SPUN) not at all, once *spun: a spin, which no signal
+ * cuts short, went through a window in vain. */
+static int pause_wait(mmapipc_channel *ch, int64_t now, int64_t end, uint32_t word, int notify,
+                      int *spun)
 {
     int64_t next, due;
     int rc, may;
@@ -1319,9 +1321,14 @@ static int pause_wait(mmapipc_channel *ch, int64_t now, int64_t end, uint32_t wo
     }
     next = next_look(ch, now);
     if (spin_through(ch, now)) {
+        *spun = 1;
         pthread_mutex_unlock(&ch->lock);
         cpu_relax();
         return 0;
+    }
+    if (*spun && (ch->wait_flags & MMAPIPC_WAIT_READY)) {
+        pthread_mutex_unlock(&ch->lock);
+        return 4;
     }
     if ((due = ready_at(ch, now, next)) != 0 && due < end) {
         ch->readied = ch->win_hi;
@@ -1362,12 +1369,15 @@ int mmapipc_wait(mmapipc_channel *ch, int64_t timeout, int flags)
             now = now_ns();
         }
     }
+    int spun = 0;
     while ((rc = look(ch, now, &word, &notify)) == 0) {
         if (now - start >= timeout)
             return leave(ch, MMAPIPC_ETIMEDOUT);
-        int paused = pause_wait(ch, now, start + timeout, word, notify);
-        if (paused == 1 || paused == 3 || paused < 0)
-            return paused < 0 ? MMAPIPC_EINTR : paused == 1 ? MMAPIPC_ETIMEDOUT : MMAPIPC_DUE;
+        int paused = pause_wait(ch, now, start + timeout, word, notify, &spun);
+        if (paused < 0)
+            return MMAPIPC_EINTR;
+        if (paused == 1 || paused == 3 || paused == 4)
+            return paused == 1 ? MMAPIPC_ETIMEDOUT : paused == 3 ? MMAPIPC_DUE : MMAPIPC_SPUN;
         if ((rc = enter(ch)) != 0)
             return rc;   /* closed while we slept */
         ch->st.relooks += paused == 2;
