@@ -1267,30 +1267,41 @@ static int64_t spin_from(const mmapipc_channel *ch, int ready)
     return slow && ch->win_hi - from <= ch->rhythm.period / SPIN_SHARE ? from : 0;
 }
 
+/* Spin now?  From MMAPIPC_READY_NS before the window on where MMAPIPC_DUE was
+ * handed back for it, never sooner: the caller that asked for it may have been
+ * cut short on the way (a signal), or be another thread. */
 static int spin_through(const mmapipc_channel *ch, int64_t now)
 {
-    int readied = ch->readied == ch->win_hi;
-    int64_t from = spin_from(ch, readied);
-    return from != 0 && (now >= from || readied) && now < ch->win_hi;
+    int64_t from = spin_from(ch, ch->readied == ch->win_hi);
+    return from != 0 && now >= from && now < ch->win_hi;
 }
 
-/* Is the timed look at next the first one of a window to be spun through,
- * with room before it to hand back MMAPIPC_DUE (asked for, once a window)? */
-static int ready_first(const mmapipc_channel *ch, int64_t now, int64_t next)
+/* When to hand back MMAPIPC_DUE (asked for, once a window) before the window
+ * looked at next is spun through, when the look planned at next would come
+ * too late to (a look planned by the bound in force may land just before the
+ * window, inside the lead: the hand-back, whose read() looks, replaces it if
+ * it still keeps the bound, its wake-up late as they typically are); 0: not
+ * now. */
+static int64_t ready_at(const mmapipc_channel *ch, int64_t now, int64_t next)
 {
-    return (ch->wait_flags & MMAPIPC_WAIT_READY) && spin_from(ch, 1) != 0 &&
-           ch->readied != ch->win_hi && next + ch->lateness >= ch->win_lo &&
-           next - MMAPIPC_READY_NS > now + FINE_NS;
+    int64_t due = ch->win_lo - ch->lateness - MMAPIPC_READY_NS;
+    int64_t room = allowance(gap_in_force(ch, now)) - ch->lateness;
+    int ready = (ch->wait_flags & MMAPIPC_WAIT_READY) && spin_from(ch, 1) != 0 &&
+                ch->readied != ch->win_hi && next + ch->lateness + FINE_NS >= due &&
+                due <= next + (room > 0 ? room : 0) && due > now + FINE_NS;
+    return ready ? due : 0;
 }
 
 /* Between two looks, without the channel's mutex: on a notifying writer's
  * futex until it stores (2 when MMAPIPC_RELOOK_NS passed first), else until
  * the next look is due (0), or MMAPIPC_READY_NS before it (3, MMAPIPC_DUE to
  * the caller).  -1 on a signal; 1 when the slice ran out before the next look
- * was due. */
-static int pause_wait(mmapipc_channel *ch, int64_t now, int64_t end, uint32_t word, int notify)
+ * was due; 4 (MMAPIPC_SPUN) not at all, once *spun: a spin, which no signal
+ * cuts short, went through a window in vain. */
+static int pause_wait(mmapipc_channel *ch, int64_t now, int64_t end, uint32_t word, int notify,
+                      int *spun)
 {
-    int64_t next;
+    int64_t next, due;
     int rc, may;
     if (ch->wp.busy) {
         pthread_mutex_unlock(&ch->lock);
@@ -1313,15 +1324,20 @@ static int pause_wait(mmapipc_channel *ch, int64_t now, int64_t end, uint32_t wo
     }
     next = next_look(ch, now);
     if (spin_through(ch, now)) {
+        *spun = 1;
         pthread_mutex_unlock(&ch->lock);
         cpu_relax();
         return 0;
     }
-    if (next < end && ready_first(ch, now, next)) {
+    if (*spun && (ch->wait_flags & MMAPIPC_WAIT_READY)) {
+        pthread_mutex_unlock(&ch->lock);
+        return 4;
+    }
+    if ((due = ready_at(ch, now, next)) != 0 && due < end) {
         ch->readied = ch->win_hi;
         ch->st.readied++;
         pthread_mutex_unlock(&ch->lock);
-        return sleep_until(next - MMAPIPC_READY_NS) == 0 ? 3 : -1;
+        return sleep_until(due) == 0 ? 3 : -1;
     }
     ch->planned = next < end ? next : 0;
     pthread_mutex_unlock(&ch->lock);
@@ -1343,7 +1359,10 @@ int mmapipc_wait(mmapipc_channel *ch, int64_t timeout, int flags)
     if ((flags & MMAPIPC_WAIT_RESUME) && !ch->wp.busy && !ch->notified && ch->last_poll > 0) {
         /* the slice before ended between two looks: keep their pace */
         int64_t next = next_look(ch, ch->last_poll), end = start + timeout;
-        if (next > now && !spin_through(ch, now)) {
+        /* unless this window's MMAPIPC_DUE is still to be handed back: the
+         * look now plans it */
+        int64_t due = ready_at(ch, now, next);
+        if (next > now && !spin_through(ch, now) && !(due != 0 && due < end)) {
             ch->planned = next < end ? next : 0;
             pthread_mutex_unlock(&ch->lock);
             if (sleep_until(next < end ? next : end) != 0)
@@ -1353,12 +1372,15 @@ int mmapipc_wait(mmapipc_channel *ch, int64_t timeout, int flags)
             now = now_ns();
         }
     }
+    int spun = 0;
     while ((rc = look(ch, now, &word, &notify)) == 0) {
         if (now - start >= timeout)
             return leave(ch, MMAPIPC_ETIMEDOUT);
-        int paused = pause_wait(ch, now, start + timeout, word, notify);
-        if (paused == 1 || paused == 3 || paused < 0)
-            return paused < 0 ? MMAPIPC_EINTR : paused == 1 ? MMAPIPC_ETIMEDOUT : MMAPIPC_DUE;
+        int paused = pause_wait(ch, now, start + timeout, word, notify, &spun);
+        if (paused < 0)
+            return MMAPIPC_EINTR;
+        if (paused == 1 || paused == 3 || paused == 4)
+            return paused == 1 ? MMAPIPC_ETIMEDOUT : paused == 3 ? MMAPIPC_DUE : MMAPIPC_SPUN;
         if ((rc = enter(ch)) != 0)
             return rc;   /* closed while we slept */
         ch->st.relooks += paused == 2;

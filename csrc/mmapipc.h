@@ -138,16 +138,19 @@ int mmapipc_load_raw(mmapipc_channel *ch, char *out);
 /* Flags for mmapipc_wait.  RESUME: this call carries on a wait whose last call
  * returned before a change (no look before the next one is due).  READY:
  * return MMAPIPC_DUE once, MMAPIPC_READY_NS before a slow regular writer's
- * change is due. */
+ * change is due, and MMAPIPC_SPUN after spinning through its window in vain. */
 #define MMAPIPC_WAIT_RESUME 1
 #define MMAPIPC_WAIT_READY 2
 #define MMAPIPC_DUE 2
+#define MMAPIPC_SPUN 3
 #define MMAPIPC_READY_NS 500000
 
 /* Wait up to timeout ns until a load would return a new record: 1, or
  * MMAPIPC_ETIMEDOUT, or MMAPIPC_EINTR when a signal cut a sleep short, or
  * (MMAPIPC_WAIT_READY) MMAPIPC_DUE: the caller's code that takes a change can
- * be run once now, to be in the cache when the change comes. */
+ * be run once now, to be in the cache when the change comes; or MMAPIPC_SPUN:
+ * a window spun through passed without the change (a signal that came during
+ * the spin cut no sleep short: the caller may run its handlers now). */
 int mmapipc_wait(mmapipc_channel *ch, int64_t timeout, int flags);
 
 int mmapipc_get_stats(mmapipc_channel *ch, struct mmapipc_stats *out);

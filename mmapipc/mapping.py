@@ -60,6 +60,7 @@ _WAIT_ALONE_NS = int(LONGEST * 1e9)
 _ETIMEDOUT = lib.MMAPIPC_ETIMEDOUT
 _wait = lib.mmapipc_wait
 _DUE = lib.MMAPIPC_DUE
+_SPUN = lib.MMAPIPC_SPUN
 _RESUME = lib.MMAPIPC_WAIT_RESUME
 _READY = lib.MMAPIPC_WAIT_READY
 _EINTR = lib.MMAPIPC_EINTR
@@ -516,9 +517,9 @@ class Reader(_Mapping[T]):
                     return record
             elif rc == _ETIMEDOUT:
                 slice_ns = self._slice_alone if _alone() else _WAIT_SLICE_NS
-            elif rc != _EINTR:
+            elif rc != _EINTR and rc != _SPUN:   # SPUN: signal handlers run, then on
                 raise self._error(rc)
-            flags = (_READY | _RESUME) if rc == _ETIMEDOUT or rc == _DUE else _READY
+            flags = (_READY | _RESUME) if rc == _ETIMEDOUT or rc >= _DUE else _READY
             left = slice_ns
             if deadline is not None:
                 now = time.monotonic()
