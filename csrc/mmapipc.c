@@ -264,14 +264,20 @@ static void fine_timer(void)
 /* ---- channels ---------------------------------------------------------- */
 
 /* A channel used in a child of fork() for the first time: its mutex may be
- * held by a thread that is not there; make it anew, and forget the record. */
+ * held by a thread that is not there; then make it anew, and forget the
+ * record (it may have been half copied).  Free at the fork, all it guards was
+ * whole: keep the record, so that a wait waits for a change of it. */
 static void after_fork(mmapipc_channel *ch)
 {
     unsigned now = atomic_load(&fork_generation);
     if (ch->forks != now) {
-        pthread_mutex_init(&ch->lock, NULL);
+        if (pthread_mutex_trylock(&ch->lock) == 0) {
+            pthread_mutex_unlock(&ch->lock);
+        } else {
+            pthread_mutex_init(&ch->lock, NULL);
+            ch->have = TRUST_NONE;
+        }
         ch->forks = now;
-        ch->have = TRUST_NONE;
     }
 }
 

@@ -574,3 +574,23 @@ def test_a_slow_writer_is_met_ready_even_after_a_read_between_waits(
         stats = r.stats
     assert ids == list(range(1, 11)), ids
     assert stats["readied"] > before, stats
+
+
+def test_a_child_of_fork_waits_for_a_change_not_for_the_record_it_has(shared: Path) -> None:
+    """A Reader used in a child of fork(): its first wait waits for a change, as its
+    parent's would, instead of taking the record it already has for one."""
+    fresh(shared, numbered(1))
+    with Reader[Student](shared) as r:
+        assert r.read() == numbered(1)
+        pid = os.fork()
+        if pid == 0:  # the child: exit 0 on TimeoutError, 3 if the old record came back
+            code = 4
+            try:
+                r.wait_for_change(timeout=0.3)
+                code = 3
+            except TimeoutError:
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
