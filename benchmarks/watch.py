@@ -10,7 +10,7 @@ the next one; one that stayed at least max_gap and was not seen is a miss.  The 
 late looks (a wake-up later than the bound it planned for) are counted, so that a miss the
 VM caused (a sleeper woken milliseconds late) is told apart from a miss of the design.
 
-    cd /tmp && python /path/to/benchmarks/watch.py [--quick] [--json out.json]
+    cd /tmp && python /path/to/benchmarks/watch.py [--quick] [--case TEXT] [--json out.json]
 """
 
 from __future__ import annotations
@@ -447,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="short runs, for smoke tests")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
+    parser.add_argument("--case", metavar="TEXT", default="",
+                        help="only the cases whose name holds TEXT (e.g. mmap_w, idle)")
     parser.add_argument("--reader", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.reader is not None:
@@ -461,10 +463,14 @@ def main(argv: list[str] | None = None) -> int:
         if exe is None:
             return 0
         idle_s = 1.0 if args.quick else 5.0
-        rows.append((idle_case(idle_s, "mmapipc"), {"cpu_percent": 0.5}))
-        rows.append((idle_case(idle_s, "stdlib"), {}))
-        rows.append((idle_case(idle_s, "mmapipc", notifying=True), {"cpu_percent": 0.1}))
+        if args.case in "idle: no writer":
+            rows.append((idle_case(idle_s, "mmapipc"), {"cpu_percent": 0.5}))
+            rows.append((idle_case(idle_s, "stdlib"), {}))
+        if args.case in "idle: a notifying Writer's record":
+            rows.append((idle_case(idle_s, "mmapipc", notifying=True), {"cpu_percent": 0.1}))
         for label, writer, reader, skip, targets in CASES:
+            if args.case not in label:
+                continue
             if args.quick:
                 writer = [str(min(int(writer[0]), 200 if writer[1] != "rel" else 4)),
                           *writer[1:]]
