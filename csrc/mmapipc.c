@@ -1153,6 +1153,24 @@ static int64_t window_look(mmapipc_channel *ch, const struct rhythm *r, int64_t 
     return now < first ? first : (now + FINE_NS < hi ? now + FINE_NS : hi);
 }
 
+/* Before a writer's rhythm can be told (two changes seen): where its third
+ * change lands if it keeps the gap between the two, give or take what their
+ * estimates allow, is looked at every max_gap even after a silence, so that
+ * the third change is pinned down closely enough for the fourth to be met
+ * (mmap_w's first changes are found by looks idle_gap apart).  0: none. */
+static int64_t third_look(const mmapipc_channel *ch, int64_t now)
+{
+    const struct change *c = ch->changes;
+    int64_t gap, half;
+    if (!ch->wp.predict || ch->nchanges != 2)
+        return 0;
+    gap = c[1].at - c[0].at;
+    half = c[0].halfw + 2 * c[1].halfw + gap / STRAY;
+    if (now >= c[1].at + gap + half)
+        return 0;
+    return now < c[1].at + gap - half ? c[1].at + gap - half : now + ch->wp.max_gap;
+}
+
 /* Looks at a regular writer's windows may skip the allowance once this many
  * of its changes in a row (net) were found inside them. */
 #define IN_STEP 3
@@ -1168,8 +1186,7 @@ static int64_t next_look(mmapipc_channel *ch, int64_t now)
     int64_t gap = gap_in_force(ch, now), bound = now + gap - allowance(gap), at = 0, soon;
     ch->win_lo = ch->win_hi = 0;
     ch->aimed = 0;
-    if (ch->regular)
-        at = window_look(ch, &ch->rhythm, now);
+    at = ch->regular ? window_look(ch, &ch->rhythm, now) : third_look(ch, now);
     if (at == 0 || at > (ch->in_step >= IN_STEP ? now + gap : bound)) {
         ch->aimed = 0;
         return bound;

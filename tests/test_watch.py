@@ -594,3 +594,22 @@ def test_a_child_of_fork_waits_for_a_change_not_for_the_record_it_has(shared: Pa
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_fourth_change_of_a_slow_writer_is_met_ready(shared: Path, build_c: Any) -> None:
+    """mmap_w's first changes are found by looks idle_gap apart.  The third is looked for
+    closely where the first two say it lands, so that the fourth's window is narrow enough
+    to be spun through, with the wait handing back to Python just before it (readied)."""
+    exe = build_c("sleepy_writer", SLEEPY_WRITER)
+    fresh(shared, Student(0, "sleepy", "m"), seqlock=False)
+    with Reader[Student](shared) as r:
+        writer = subprocess.Popen([str(exe), str(shared), "4", "1000000000"])
+        try:
+            ids = [r.wait_for_change(PATIENCE).id for _ in range(3)]
+            before = r.stats["readied"]
+            ids.append(r.wait_for_change(PATIENCE).id)
+        finally:
+            assert writer.wait(PATIENCE) == 0
+        stats = r.stats
+    assert ids == [1, 2, 3, 4], ids
+    assert stats["readied"] > before, stats
