@@ -190,7 +190,10 @@ def test_each_lone_store_wakes_the_waiter_wherever_it_lands(
     for n in range(1, last + 1):
         _spin(rng.random() * 0.0003 if n > 1 else 0.0)
         w.write(numbered(n))
-        seen, relooks = map(int, waiter.stdout.readline().split())
+        line = waiter.stdout.readline()
+        if not line:  # the waiter died: say why
+            pytest.fail(f"the waiter exited at store {n}: {waiter.communicate()[1]!r}")
+        seen, relooks = map(int, line.split())
         assert (seen, relooks) == (n, 0), f"store {n} slept through"
     w.close()
     got = json.loads(waiter.stdout.readline())  # (communicate() would miss what is buffered)
