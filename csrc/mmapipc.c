@@ -1166,8 +1166,8 @@ static int64_t third_look(const mmapipc_channel *ch, int64_t now)
         return 0;
     gap = c[1].at - c[0].at;
     half = c[0].halfw + 2 * c[1].halfw + gap / STRAY;
-    if (now >= c[1].at + gap + half)
-        return 0;
+    if (now >= c[1].at + gap + half || half > 4 * ch->wp.idle_gap)
+        return 0;   /* passed, or too vague a guess to pay for (two changes hours apart) */
     return now < c[1].at + gap - half ? c[1].at + gap - half : now + ch->wp.max_gap;
 }
 
