@@ -96,6 +96,12 @@ static inline void numbered(struct STU *s, int n)
     snprintf(s->name, sizeof s->name, "n%05u%.*s", (unsigned)n % 100000u, n % 14, tail);
     s->sex = "mf"[n % 2];
 }
+
+/* The struct STU record at path, through the header (flags: 0 or MMAPIPC_REC_WRITE). */
+static inline mmapipc_rec *open_stu(const char *path, int flags)
+{
+    return mmapipc_rec_open(path, MMAPIPC_STU_SIZE, MMAPIPC_STU_MARKER, MMAPIPC_STU_SEQ, flags);
+}
 """
 
 Build = Callable[[str, "str | Path"], Path]

@@ -46,8 +46,7 @@ int main(int argc, char **argv)
         return 2;
     for (int n = 0; n < {PERIOD}; n++)
         numbered(&table[n], n);
-    mmapipc_rec *r = mmapipc_rec_open(argv[1], MMAPIPC_STU_SIZE, MMAPIPC_STU_MARKER,
-                                      MMAPIPC_STU_SEQ, MMAPIPC_REC_WRITE);
+    mmapipc_rec *r = open_stu(argv[1], MMAPIPC_REC_WRITE);
     if (r == NULL || mmapipc_rec_store(r, &table[0]) != 0)
         return 3;
     printf("ready\n");
@@ -69,8 +68,7 @@ int main(int argc, char **argv)
     if (argc != 3)
         return 2;
     double seconds = atof(argv[2]);
-    mmapipc_rec *r = mmapipc_rec_open(argv[1], MMAPIPC_STU_SIZE, MMAPIPC_STU_MARKER,
-                                      MMAPIPC_STU_SEQ, 0);
+    mmapipc_rec *r = open_stu(argv[1], 0);
     if (r == NULL) {
         perror(argv[1]);
         return 3;
@@ -109,8 +107,7 @@ int main(int argc, char **argv)
     if (argc != 3)
         return 2;
     long long timeout = atoll(argv[2]) * 1000000LL;
-    mmapipc_rec *r = mmapipc_rec_open(argv[1], MMAPIPC_STU_SIZE, MMAPIPC_STU_MARKER,
-                                      MMAPIPC_STU_SEQ, 0);
+    mmapipc_rec *r = open_stu(argv[1], 0);
     struct STU s;
     if (r == NULL || mmapipc_rec_load(r, &s) != 0)
         return 3;
@@ -427,8 +424,7 @@ int main(int argc, char **argv)
 {
     int flags = argv[2][0] == 'w' ? MMAPIPC_REC_WRITE : 0;
     (void)argc;
-    mmapipc_rec *r = mmapipc_rec_open(argv[1], MMAPIPC_STU_SIZE, MMAPIPC_STU_MARKER,
-                                      MMAPIPC_STU_SEQ, flags);
+    mmapipc_rec *r = open_stu(argv[1], flags);
     if (r == NULL) {
         printf("%s\n", errno == EEXIST ? "EEXIST" : errno == ELOOP ? "ELOOP" :
                errno == ENODEV ? "ENODEV" : errno == ENODATA ? "ENODATA" :

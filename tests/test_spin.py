@@ -10,9 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from test_watch import PATIENCE, SLEEPY_WRITER, fresh
-
-from mmapipc import Student
+from test_watch import PATIENCE, sleepy_writer
 
 PERIOD_NS = 500_000_000   # the writer's sleep after each store: its windows are spun through
 LEARN = 4                 # changes taken before the period is known
@@ -46,12 +44,12 @@ with Reader[Student](path, idle_gap=gap, max_gap=min(gap, 0.001)) as r:
 """
 
 
-def alone(exe: Path, shared: Path, tmp_path: Path, measured: int, kick: float = 0,
+def alone(build_c: Any, shared: Path, tmp_path: Path, measured: int, kick: float = 0,
           idle_gap: float = 0.01) -> Any:
-    """Run a wait alone in its process (a Python child, Reader(idle_gap=idle_gap)) on exe
-    writing every PERIOD_NS; after LEARN changes, take measured more with SIGALRM every
-    kick seconds (0: none)."""
-    fresh(shared, Student(0, "sleepy", "m"), seqlock=False)
+    """Run a wait alone in its process (a Python child, Reader(idle_gap=idle_gap)) on
+    SLEEPY_WRITER writing every PERIOD_NS; after LEARN changes, take measured more with
+    SIGALRM every kick seconds (0: none)."""
+    exe = sleepy_writer(shared, build_c)
     script = tmp_path / "alone.py"
     script.write_text(ALONE)
     out = subprocess.run([sys.executable, str(script), str(exe), str(shared), str(LEARN),
@@ -70,7 +68,7 @@ def test_a_wait_alone_is_readied_once_each_window(
     land inside those 0.5 ms: no room was left there to hand back, and the window was
     spun through cold (at any idle_gap, now and then; at idle_gap=0.5 ms, always); so
     was it when a wait carrying on (MMAPIPC_WAIT_RESUME) slept straight to its look."""
-    got = alone(build_c("sleepy_writer", SLEEPY_WRITER), shared, tmp_path, 6, 0, 0.0005)
+    got = alone(build_c, shared, tmp_path, 6, 0, 0.0005)
     assert got["readied"] >= 2, got   # 5-6 here; before, none could be: no room was left
 
 
@@ -81,7 +79,7 @@ def test_a_signal_cutting_the_ready_sleep_short_does_not_start_the_spin(
     then goes on to spin through the window only: not from the signal on (the same for
     another thread waiting on the Reader meanwhile), which was ~100 times the looks of a
     window spun through."""
-    got = alone(build_c("sleepy_writer", SLEEPY_WRITER), shared, tmp_path, 4, 0.13, 0.1)
+    got = alone(build_c, shared, tmp_path, 4, 0.13, 0.1)
     assert got["readied"] >= 1, got
     assert max(looks for looks, _ in got["each"]) < 10 * SPUN, got
 
@@ -121,8 +119,7 @@ def test_a_signal_during_a_spin_is_handled_when_the_window_ends(
     due.  The spin makes no system call the signal could cut short: the wait hands back
     when the window ends, so that the handler runs then, not a period later (at the next
     window's hand-back: a second one readied) or at the next change."""
-    exe = build_c("sleepy_writer", SLEEPY_WRITER)
-    fresh(shared, Student(0, "sleepy", "m"), seqlock=False)
+    exe = sleepy_writer(shared, build_c)
     script = tmp_path / "interrupted.py"
     script.write_text(INTERRUPTED)
     out = subprocess.run([sys.executable, str(script), str(exe), str(shared), str(LEARN + 2),

@@ -284,8 +284,7 @@ int main(int argc, char **argv)
     if (argc != 3)
         return 2;
     int last = atoi(argv[2]);
-    mmapipc_rec *r = mmapipc_rec_open(argv[1], MMAPIPC_STU_SIZE, MMAPIPC_STU_MARKER,
-                                      MMAPIPC_STU_SEQ, 0);
+    mmapipc_rec *r = open_stu(argv[1], 0);
     if (r == NULL)
         return 3;
     long reads = 0, bad = 0, back = 0;
@@ -718,8 +717,7 @@ int main(int argc, char **argv)
     if (argc != 3)
         return 2;
     int last = atoi(argv[2]);
-    mmapipc_rec *r = mmapipc_rec_open(argv[1], MMAPIPC_STU_SIZE, MMAPIPC_STU_MARKER,
-                                      MMAPIPC_STU_SEQ, MMAPIPC_REC_WRITE);
+    mmapipc_rec *r = open_stu(argv[1], MMAPIPC_REC_WRITE);
     struct STU s;
     if (r == NULL)
         return 3;
@@ -1087,8 +1085,7 @@ int main(int argc, char **argv)
 {
     if (argc != 2)
         return 2;
-    mmapipc_rec *r = mmapipc_rec_open(argv[1], MMAPIPC_STU_SIZE, MMAPIPC_STU_MARKER,
-                                      MMAPIPC_STU_SEQ, 0);
+    mmapipc_rec *r = open_stu(argv[1], 0);
     struct STU s;
     static int fillers[1 << 20];
     int n = 0;

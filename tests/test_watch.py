@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -553,24 +554,39 @@ int main(int argc, char **argv)
 """
 
 
+def sleepy_writer(shared: Path, build_c: Any) -> Path:
+    """SLEEPY_WRITER built, and shared holding record 0 as a legacy writer leaves it."""
+    exe: Path = build_c("sleepy_writer", SLEEPY_WRITER)
+    fresh(shared, Student(0, "sleepy", "m"), seqlock=False)
+    return exe
+
+
+@contextmanager
+def watching_sleepy(shared: Path, build_c: Any, count: int,
+                    gap_ns: int) -> Iterator[Reader[Student]]:
+    """A Reader on shared while SLEEPY_WRITER stores count records gap_ns apart; the
+    writer must end well."""
+    exe = sleepy_writer(shared, build_c)
+    with Reader[Student](shared) as r:
+        writer = subprocess.Popen([str(exe), str(shared), str(count), str(gap_ns)])
+        try:
+            yield r
+        finally:
+            assert writer.wait(PATIENCE) == 0
+
+
 def test_a_slow_writer_is_met_ready_even_after_a_read_between_waits(
         shared: Path, build_c: Any) -> None:
     """A legacy writer that sleeps 0.5 s after each store: once its period is learnt, the
     wait hands back (readied) just before each change is due so that the change is taken
     warm.  A change taken by read() between two waits still counts in the period learnt:
     the changes after it are met ready too (not taken for a writer twice as slow)."""
-    exe = build_c("sleepy_writer", SLEEPY_WRITER)
-    fresh(shared, Student(0, "sleepy", "m"), seqlock=False)
-    with Reader[Student](shared) as r:
-        writer = subprocess.Popen([str(exe), str(shared), "10", "500000000"])
-        try:
-            ids = [r.wait_for_change(PATIENCE).id for _ in range(5)]
-            time.sleep(0.75)             # change 6 lands meanwhile: read() takes it
-            ids += [r.read().id, r.wait_for_change(PATIENCE).id]
-            before = r.stats["readied"]  # from here on, the period learnt says
-            ids += [r.wait_for_change(PATIENCE).id for _ in range(3)]
-        finally:
-            assert writer.wait(PATIENCE) == 0
+    with watching_sleepy(shared, build_c, 10, 500_000_000) as r:
+        ids = [r.wait_for_change(PATIENCE).id for _ in range(5)]
+        time.sleep(0.75)             # change 6 lands meanwhile: read() takes it
+        ids += [r.read().id, r.wait_for_change(PATIENCE).id]
+        before = r.stats["readied"]  # from here on, the period learnt says
+        ids += [r.wait_for_change(PATIENCE).id for _ in range(3)]
         stats = r.stats
     assert ids == list(range(1, 11)), ids
     assert stats["readied"] > before, stats
@@ -600,16 +616,10 @@ def test_the_fourth_change_of_a_slow_writer_is_met_ready(shared: Path, build_c: 
     """mmap_w's first changes are found by looks idle_gap apart.  The third is looked for
     closely where the first two say it lands, so that the fourth's window is narrow enough
     to be spun through, with the wait handing back to Python just before it (readied)."""
-    exe = build_c("sleepy_writer", SLEEPY_WRITER)
-    fresh(shared, Student(0, "sleepy", "m"), seqlock=False)
-    with Reader[Student](shared) as r:
-        writer = subprocess.Popen([str(exe), str(shared), "4", "1000000000"])
-        try:
-            ids = [r.wait_for_change(PATIENCE).id for _ in range(3)]
-            before = r.stats["readied"]
-            ids.append(r.wait_for_change(PATIENCE).id)
-        finally:
-            assert writer.wait(PATIENCE) == 0
+    with watching_sleepy(shared, build_c, 4, 1_000_000_000) as r:
+        ids = [r.wait_for_change(PATIENCE).id for _ in range(3)]
+        before = r.stats["readied"]
+        ids.append(r.wait_for_change(PATIENCE).id)
         stats = r.stats
     assert ids == [1, 2, 3, 4], ids
     assert stats["readied"] > before, stats
