@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import NUMBERED_C, Build, as_nobody, numbered, root_only, start_ready
@@ -968,6 +969,22 @@ def test_a_waiter_out_of_descriptors_for_a_moment_sleeps_again_later(tmp_path: P
     assert got["sleeps_after"] > 0, got
 
 
+def lone_rounds(r: Reader[Any], last: int, seen: list[float]) -> Iterator[int]:
+    """Rounds 1..last of lone stores: a thread waits on r and notes each record's d in seen;
+    each round starts once the store before it was seen, as the waiter goes back to sleep."""
+    def wait_all() -> None:
+        while not seen or seen[-1] < last:
+            seen.append(r.wait_for_change(10).d)
+
+    t = threading.Thread(target=wait_all)
+    t.start()
+    for n in range(1, last + 1):
+        while len(seen) < n - 1:
+            time.sleep(0)
+        yield n
+    t.join(PATIENCE)
+
+
 def test_a_marker_outside_the_futex_word_means_a_wake_at_every_store(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A layout whose marker (11) lies outside the word of its sequence (12-15): no waiter
@@ -981,20 +998,11 @@ def test_a_marker_outside_the_futex_word_means_a_wake_at_every_store(
     w.write(layout.record(0.0, 0, b"a"))
     seen: list[float] = []
     with Reader(path, layout=layout) as r:
-        def wait_all() -> None:
-            while not seen or seen[-1] < 200:
-                seen.append(r.wait_for_change(10).d)
-
-        t = threading.Thread(target=wait_all)
-        t.start()
         rng = random.Random(47)
-        for n in range(1, 201):
-            while len(seen) < n - 1:
-                time.sleep(0)
+        for n in lone_rounds(r, 200, seen):
             _spin(rng.random() * 0.0003)
             w.write(layout.record(float(n), n, b"b"))
             assert path.read_bytes()[11] == NOTIFY
-        t.join(PATIENCE)
         assert r.stats["relooks"] == 0 and r.stats["sleeps"] > 0, r.stats
     w.close()
     assert seen[-1] == 200.0
@@ -1053,15 +1061,7 @@ def test_the_flag_lands_in_the_right_page_of_a_large_record(
     stored = path.read_bytes()
     seen: list[float] = []
     with Reader(path, layout=layout) as r:
-        def wait_all() -> None:
-            while not seen or seen[-1] < 30:
-                seen.append(r.wait_for_change(10).d)
-
-        t = threading.Thread(target=wait_all)
-        t.start()
-        for n in range(1, 31):
-            while len(seen) < n - 1:
-                time.sleep(0)
+        for n in lone_rounds(r, 30, seen):
             if n % 10 == 0:  # asleep, flagged: only the marker byte differs
                 deadline = time.monotonic() + PATIENCE
                 while path.read_bytes()[5001] != WAITED:
@@ -1071,7 +1071,6 @@ def test_the_flag_lands_in_the_right_page_of_a_large_record(
                 assert flagged[:5001] == stored[:5001] and flagged[5002:] == stored[5002:]
             w.write(layout.record(b"z" * 4999, b"c", float(n)))
             stored = path.read_bytes()
-        t.join(PATIENCE)
         assert r.stats["relooks"] == 0 and r.stats["sleeps"] > 0, r.stats
     w.close()
     assert seen[-1] == 30.0
