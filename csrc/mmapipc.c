@@ -71,7 +71,6 @@ struct mmapipc_channel {
     int64_t last_poll;        /* wait: when the record was last looked at */
     int noted;                /* wait: a look noted a change that no load took yet */
     int notified;             /* wait: the last look found a notifying writer */
-    int wait_flags;           /* wait: the MMAPIPC_WAIT_* flags of the call under way */
     int64_t readied;          /* wait: the end of the window MMAPIPC_DUE was given for */
     struct mmapipc_rec_rw rw; /* wait: the futex word, writable, to say a waiter is there */
     struct change changes[NGAPS]; /* wait: the last changes seen */
@@ -1305,11 +1304,11 @@ static int spin_through(const mmapipc_channel *ch, int64_t now)
  * window, inside the lead: the hand-back, whose read() looks, replaces it if
  * it still keeps the bound, its wake-up late as they typically are); 0: not
  * now. */
-static int64_t ready_at(const mmapipc_channel *ch, int64_t now, int64_t next)
+static int64_t ready_at(const mmapipc_channel *ch, int flags, int64_t now, int64_t next)
 {
     int64_t due = ch->win_lo - ch->lateness - MMAPIPC_READY_NS;
     int64_t room = allowance(gap_in_force(ch, now)) - ch->lateness;
-    int ready = (ch->wait_flags & MMAPIPC_WAIT_READY) && spin_from(ch, 1) != 0 &&
+    int ready = (flags & MMAPIPC_WAIT_READY) && spin_from(ch, 1) != 0 &&
                 ch->readied != ch->win_hi && next + ch->lateness + FINE_NS >= due &&
                 due <= next + (room > 0 ? room : 0) && due > now + FINE_NS;
     return ready ? due : 0;
@@ -1320,9 +1319,9 @@ static int64_t ready_at(const mmapipc_channel *ch, int64_t now, int64_t next)
  * the next look is due (0), or MMAPIPC_READY_NS before it (3, MMAPIPC_DUE to
  * the caller).  -1 on a signal; 1 when the slice ran out before the next look
  * was due; 4 (MMAPIPC_SPUN) not at all, once *spun: a spin, which no signal
- * cuts short, went through a window in vain. */
-static int pause_wait(mmapipc_channel *ch, int64_t now, int64_t end, uint32_t word, int notify,
-                      int *spun)
+ * cuts short, went through a window in vain.  flags: the call's MMAPIPC_WAIT_*. */
+static int pause_wait(mmapipc_channel *ch, int flags, int64_t now, int64_t end, uint32_t word,
+                      int notify, int *spun)
 {
     int64_t next, due;
     int rc, may;
@@ -1352,11 +1351,11 @@ static int pause_wait(mmapipc_channel *ch, int64_t now, int64_t end, uint32_t wo
         cpu_relax();
         return 0;
     }
-    if (*spun && (ch->wait_flags & MMAPIPC_WAIT_READY)) {
+    if (*spun && (flags & MMAPIPC_WAIT_READY)) {
         pthread_mutex_unlock(&ch->lock);
         return 4;
     }
-    if ((due = ready_at(ch, now, next)) != 0 && due < end) {
+    if ((due = ready_at(ch, flags, now, next)) != 0 && due < end) {
         ch->readied = ch->win_hi;
         ch->st.readied++;
         pthread_mutex_unlock(&ch->lock);
@@ -1378,13 +1377,12 @@ int mmapipc_wait(mmapipc_channel *ch, int64_t timeout, int flags)
         return rc;
     if (!ch->wp.busy)
         fine_timer();
-    ch->wait_flags = flags;
     if ((flags & MMAPIPC_WAIT_RESUME) && !ch->wp.busy && !ch->notified && ch->last_poll > 0) {
         /* the slice before ended between two looks: keep their pace */
         int64_t next = next_look(ch, ch->last_poll), end = start + timeout;
         /* unless this window's MMAPIPC_DUE is still to be handed back: the
          * look now plans it */
-        int64_t due = ready_at(ch, now, next);
+        int64_t due = ready_at(ch, flags, now, next);
         if (next > now && !spin_through(ch, now) && !(due != 0 && due < end)) {
             ch->planned = next < end ? next : 0;
             pthread_mutex_unlock(&ch->lock);
@@ -1399,7 +1397,7 @@ int mmapipc_wait(mmapipc_channel *ch, int64_t timeout, int flags)
     while ((rc = look(ch, now, &word, &notify)) == 0) {
         if (now - start >= timeout)
             return leave(ch, MMAPIPC_ETIMEDOUT);
-        int paused = pause_wait(ch, now, start + timeout, word, notify, &spun);
+        int paused = pause_wait(ch, flags, now, start + timeout, word, notify, &spun);
         if (paused < 0)
             return MMAPIPC_EINTR;
         if (paused == 1 || paused == 3 || paused == 4)
