@@ -5,12 +5,18 @@ is, whatever cuts a sleep short."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from test_watch import PATIENCE, sleepy_writer
+
+from mmapipc import Reader, Student
+from mmapipc.errors import FileTooShortError
 
 PERIOD_NS = 500_000_000   # the writer's sleep after each store: its windows are spun through
 LEARN = 4                 # changes taken before the period is known
@@ -127,3 +133,23 @@ def test_a_signal_during_a_spin_is_handled_when_the_window_ends(
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     assert got["got"] == "stopped" and got["rc"] == 0 and got["readied"] <= 1, got
+
+
+def test_a_file_truncated_while_the_wait_spins_is_a_clean_error(
+        shared: Path, build_c: Any) -> None:
+    """The writer stops after its fifth store and the file is cut to 0 bytes just before
+    the sixth was due, while the wait spins through that window (readied): the wait ends
+    with FileTooShortError, no SIGBUS, no record made of the zeros past the end."""
+    exe = sleepy_writer(shared, build_c)
+    with Reader[Student](shared) as r:
+        writer = subprocess.Popen([str(exe), str(shared), str(LEARN + 1), str(PERIOD_NS)])
+        try:
+            ids = [r.wait_for_change(PATIENCE).id for _ in range(LEARN + 1)]
+            cut = threading.Timer(PERIOD_NS / 1e9 - 0.0003, os.truncate, (shared, 0))
+            cut.start()
+            with pytest.raises(FileTooShortError):
+                r.wait_for_change(PATIENCE)
+            cut.join()
+        finally:
+            assert writer.wait(PATIENCE) == 0
+    assert ids == list(range(1, LEARN + 2)), ids
