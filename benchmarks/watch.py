@@ -177,6 +177,79 @@ int main(int argc, char **argv)
 }
 """
 
+FLOOR_C = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <time.h>
+
+struct STU { int id; char name[20]; char sex; };
+
+static long long now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static long long cpu_ns(void)
+{
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return (u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1000000000LL +
+           (u.ru_utime.tv_usec + u.ru_stime.tv_usec) * 1000LL;
+}
+
+/* floor PATH LAST IDLE_NS GAP_NS: the least any poller can do, in C with no guard and no
+ * prediction: compare the 28 bytes, sleep GAP_NS (timer slack 1 us; 0: spin), again;
+ * ends at id LAST or after IDLE_NS without a change.  Prints what watch.py's reader does. */
+int main(int argc, char **argv)
+{
+    if (argc < 5)
+        return 2;
+    int fd = open(argv[1], O_RDONLY), last = atoi(argv[2]), n = 0, cap = 1 << 16;
+    long long idle = atoll(argv[3]), gap = atoll(argv[4]), looks = 0;
+    struct STU *m = mmap(NULL, sizeof *m, PROT_READ, MAP_SHARED, fd, 0), had;
+    long long *at = malloc(cap * sizeof *at);
+    struct STU *got = malloc(cap * sizeof *got);
+    struct timespec nap = {gap / 1000000000LL, gap % 1000000000LL};
+    if (fd < 0 || m == MAP_FAILED || at == NULL || got == NULL)
+        return 3;
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+    memcpy(&had, m, sizeof had);
+    printf("ready\n");
+    fflush(stdout);
+    long long t0 = now_ns(), c0 = cpu_ns(), quiet = t0;
+    while (n < cap) {
+        looks++;
+        if (memcmp(m, &had, sizeof had) != 0) {
+            memcpy(&had, m, sizeof had);
+            at[n] = now_ns();
+            got[n++] = had;
+            quiet = at[n - 1];
+            if (had.id >= last)
+                break;
+        } else if (now_ns() - quiet > idle) {
+            break;
+        }
+        if (gap > 0)
+            clock_nanosleep(CLOCK_MONOTONIC, 0, &nap, NULL);
+    }
+    long long wall = now_ns() - t0, cpu = cpu_ns() - c0;
+    printf("{\"seen\": [");
+    for (int i = 0; i < n; i++)
+        printf("%s[%d, \"%.19s\", %lld]", i ? ", " : "", got[i].id, got[i].name, at[i]);
+    printf("], \"wall_ns\": %lld, \"cpu_ns\": %lld, \"stats\": {\"polls\": %lld}}\n",
+           wall, cpu, looks);
+    return 0;
+}
+"""
+
 
 def build_reader(tmp: Path) -> Path | None:
     """Compile the C reader on mmapipc_record.h: the floor under a Python watcher."""
@@ -192,6 +265,15 @@ def c_reader_case(exe: Path, reader: Path, tmp: Path, label: str, writer: list[s
     stored, data = exchange(label, [str(exe), str(path), *writer],
                             [str(reader), str(path), writer[0], str(int(IDLE_END * 1e9))])
     return summarize(label, stored, data, "C rec_wait", max_gap=stay)
+
+
+def floor_command(floor: Path, path: Path, last: int, idle: float, look: float) -> list[str]:
+    """The C floor's command line: looks every `look` seconds (0: spinning) at path."""
+    return [str(floor), str(path), str(last), str(int(idle * 1e9)), str(int(look * 1e9))]
+
+
+def floor_name(look: float) -> str:
+    return f"C floor, a look every {look * 1e3:g} ms" if look else "C floor, spinning"
 
 
 def _build_c(tmp: Path, name: str, source: str, *libs: str) -> Path | None:
@@ -347,15 +429,22 @@ def run_case(exe: Path | list[str], tmp: Path, label: str, writer: list[str],
     count = int(writer[0]) + (int(writer[3]) if len(writer) > 3 else 0)
     cfg = {"path": str(path), "last": count, **reader}
     command = [str(exe)] if isinstance(exe, Path) else exe
-    stored, data = exchange(label, [*command, str(path), *writer],
-                            [sys.executable, str(SCRIPT), "--reader", json.dumps(cfg)], cwd=tmp)
-    return summarize(label, stored, data, reader.get("how", "mmapipc"),
-                     skip_first=skip_first, max_gap=max_gap)
+    how = reader.get("how", "mmapipc")
+    if how == "floor":  # the C floor instead of a Python reader
+        look = float(reader["look"])
+        how, watcher = floor_name(look), floor_command(Path(reader["exe"]), path, count,
+                                                     IDLE_END, look)
+    else:
+        watcher = [sys.executable, str(SCRIPT), "--reader", json.dumps(cfg)]
+    stored, data = exchange(label, [*command, str(path), *writer], watcher, cwd=tmp)
+    return summarize(label, stored, data, how, skip_first=skip_first, max_gap=max_gap)
 
 
-def idle_case(seconds: float, how: str, notifying: bool = False) -> dict[str, Any]:
+def idle_case(seconds: float, how: str, notifying: bool = False,
+              floor: Path | None = None) -> dict[str, Any]:
     """No writer at all: what waiting costs (on a plain record, or on one that a notifying
-    Writer stored last, where the wait sleeps on its futex)."""
+    Writer stored last, where the wait sleeps on its futex; or the C floor's looks every
+    idle_gap)."""
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "idle.bin"
         if notifying:
@@ -365,8 +454,11 @@ def idle_case(seconds: float, how: str, notifying: bool = False) -> dict[str, An
             path.write_bytes(RECORD.pack(1, b"idle", b"m"))
         cfg = {"path": str(path), "last": 1, "how": how, "gap": IDLE_GAP,
                "idle_end": seconds}
-        proc = subprocess.run([sys.executable, str(SCRIPT), "--reader", json.dumps(cfg)],
-                              capture_output=True, text=True, check=True, timeout=seconds + 60)
+        command = [sys.executable, str(SCRIPT), "--reader", json.dumps(cfg)]
+        if floor is not None:
+            command, how = floor_command(floor, path, 2, seconds, IDLE_GAP), floor_name(IDLE_GAP)
+        proc = subprocess.run(command, capture_output=True, text=True, check=True,
+                              timeout=seconds + 60)
         data = json.loads(proc.stdout.splitlines()[-1])
     label = "idle: a notifying Writer's record" if notifying else "idle: no writer"
     return {"case": label, "reader": how,
@@ -375,21 +467,26 @@ def idle_case(seconds: float, how: str, notifying: bool = False) -> dict[str, An
             "polls": data["stats"].get("polls", 0)}
 
 
-CASES: list[tuple[str, list[str], dict[str, Any], int, dict[str, float]]] = [
-    # label, writer args (count, mode, gap ns, [burst count, burst gap]), reader, skip, targets
+# A floor: how often the C floor looks (seconds; 0: spinning) and the row's number it bounds
+# from below (a Python watcher seeing every change must wake at least that often, or spin).
+Floor = tuple[float, str]
+CASES: list[tuple[str, list[str], dict[str, Any], int, dict[str, float], Floor | None]] = [
+    # label, writer args (count, mode, gap ns, [burst count, burst gap]), reader, skip,
+    # targets, floor
     ("mmap_w-like, 1 Hz (sleep(1) after each store)", ["8", "rel", "1000000000"],
      {"idle_end": 2.5}, 3,
-     {"p50_us": 100, "cpu_percent": 1.5}),
+     {"p50_us": 100, "cpu_percent": 1.5}, None),
     ("C writer, 1 kHz regular (absolute clock)", ["2000", "abs", "1000000"], {}, 0,
-     {"p50_us": 100, "p99_us": 1000, "cpu_percent": 5}),
+     {"p50_us": 100, "p99_us": 1000, "cpu_percent": 5}, (MAX_GAP, "cpu_percent")),
     ("C writer, 1 kHz Poisson gaps", ["2000", "poisson", "1000000"], {}, 0,
-     {"p50_us": 500, "cpu_percent": 5}),
+     {"p50_us": 500, "cpu_percent": 5}, (MAX_GAP, "cpu_percent")),
     ("burst: 20 stores 50 ms apart, then 6 stores 3 ms apart",
-     ["20", "abs", "50000000", "6", "3000000"], {}, 0, {}),
+     ["20", "abs", "50000000", "6", "3000000"], {}, 0, {}, None),
     ("C writer, 1 kHz regular, busy=True", ["2000", "abs", "1000000"], {"busy": True}, 0,
-     {"p50_us": 5}),
+     {"p50_us": 5}, (0.0, "p50_us")),
     ("notifying C writer (mmapipc_record.h), 1 kHz Poisson gaps",
-     ["2000", "npoisson", "1000000"], {}, 0, {"p50_us": 20, "p99_us": 200, "cpu_percent": 1}),
+     ["2000", "npoisson", "1000000"], {}, 0, {"p50_us": 20, "p99_us": 200, "cpu_percent": 1},
+     None),
 ]
 ALTERNATIVE = {"how": "stdlib", "gap": MAX_GAP}
 
@@ -403,7 +500,10 @@ def _targets(row: dict[str, Any], targets: dict[str, float]) -> str:
     for key, limit in targets.items():
         name = {"p50_us": "p50", "p99_us": "p99", "cpu_percent": "CPU"}[key]
         unit = "%" if key == "cpu_percent" else " us"
-        marks.append(f"{name} <= {limit:g}{unit}: {'met' if row[key] <= limit else 'MISSED'}")
+        floor = row.get("floor", {}).get(key)
+        below = f" (C floor {floor:.{1 if unit == ' us' else 2}f}{unit})" if floor else ""
+        marks.append(f"{name} <= {limit:g}{unit}: {'met' if row[key] <= limit else 'MISSED'}"
+                     + below)
     return "; ".join(marks)
 
 
@@ -463,12 +563,18 @@ def main(argv: list[str] | None = None) -> int:
         if exe is None:
             return 0
         idle_s = 1.0 if args.quick else 5.0
+        floor = _build_c(tmp, "floor", FLOOR_C)
         if args.case in "idle: no writer":
-            rows.append((idle_case(idle_s, "mmapipc"), {"cpu_percent": 0.5}))
+            row = idle_case(idle_s, "mmapipc")
+            rows.append((row, {"cpu_percent": 0.5}))
             rows.append((idle_case(idle_s, "stdlib"), {}))
+            if floor is not None:
+                lowest = idle_case(idle_s, "", floor=floor)
+                row["floor"] = {"cpu_percent": lowest["cpu_percent"]}
+                rows.append((lowest, {}))
         if args.case in "idle: a notifying Writer's record":
             rows.append((idle_case(idle_s, "mmapipc", notifying=True), {"cpu_percent": 0.1}))
-        for label, writer, reader, skip, targets in CASES:
+        for label, writer, reader, skip, targets, bound in CASES:
             if args.case not in label:
                 continue
             if args.quick:
@@ -482,13 +588,22 @@ def main(argv: list[str] | None = None) -> int:
                 alt = run_case(exe, tmp, label, writer, {**reader, **ALTERNATIVE},
                                skip_first=skip, max_gap=stay)
                 rows.append((alt, {}))
+            if floor is not None and bound is not None:
+                look, key = bound
+                lowest = run_case(exe, tmp, label, writer,
+                                  {"how": "floor", "exe": str(floor), "look": look},
+                                  skip_first=skip, max_gap=stay)
+                row["floor"] = {key: lowest[key]}
+                rows.append((lowest, {}))
             c_reader = build_reader(tmp) if writer[1].startswith("n") else None
             if c_reader is not None:
                 rows.append((c_reader_case(exe, c_reader, tmp, label, writer, stay), {}))
     print(markdown(rows))
     print("\n" + write_costs(tmp_dir=None))
     print("\nstdlib = mmap + a check every max_gap with time.sleep (same contract, by hand);"
-          " C rec_wait = a C program on mmapipc_record.h in place of the Python watcher.")
+          " C rec_wait = a C program on mmapipc_record.h in place of the Python watcher;\n"
+          "C floor = a bare C loop that compares the 28 bytes and sleeps (or spins): the least"
+          " a poller can cost or be late, on this machine, in this run.")
     if args.json:
         Path(args.json).write_text(json.dumps([r for r, _ in rows], indent=2) + "\n")
     return 0
