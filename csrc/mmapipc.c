@@ -1045,7 +1045,7 @@ static void note_change(mmapipc_channel *ch, int64_t now)
         ch->nchanges--;
     }
     ch->changes[ch->nchanges++] = (struct change){now - since / 2, since / 2 + 1};
-    ch->regular = ch->wp.predict && writer_rhythm(ch, &ch->rhythm);
+    ch->regular = ch->wp.predict && !ch->wp.busy && writer_rhythm(ch, &ch->rhythm);
 }
 
 /* A load took a new record: a change, to be noted unless the look that found
@@ -1397,6 +1397,10 @@ int mmapipc_wait(mmapipc_channel *ch, int64_t timeout, int flags)
     while ((rc = look(ch, now, &word, &notify)) == 0) {
         if (now - start >= timeout)
             return leave(ch, MMAPIPC_ETIMEDOUT);
+        /* a spin leaves the caller's code cold on a shared machine (its cache
+         * is lent out): let it take the path of a change now and then */
+        if (ch->wp.busy && (flags & MMAPIPC_WAIT_READY) && now - start >= MMAPIPC_WARM_NS)
+            return leave(ch, MMAPIPC_DUE);
         int paused = pause_wait(ch, flags, now, start + timeout, word, notify, &spun);
         if (paused < 0)
             return MMAPIPC_EINTR;

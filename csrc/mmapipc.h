@@ -138,12 +138,14 @@ int mmapipc_load_raw(mmapipc_channel *ch, char *out);
 /* Flags for mmapipc_wait.  RESUME: this call carries on a wait whose last call
  * returned before a change (no look before the next one is due).  READY:
  * return MMAPIPC_DUE once, MMAPIPC_READY_NS before a slow regular writer's
- * change is due, and MMAPIPC_SPUN after spinning through its window in vain. */
+ * change is due, and MMAPIPC_SPUN after spinning through its window in vain;
+ * a busy wait returns MMAPIPC_DUE after spinning MMAPIPC_WARM_NS. */
 #define MMAPIPC_WAIT_RESUME 1
 #define MMAPIPC_WAIT_READY 2
 #define MMAPIPC_DUE 2
 #define MMAPIPC_SPUN 3
 #define MMAPIPC_READY_NS 500000
+#define MMAPIPC_WARM_NS 50000
 
 /* Wait up to timeout ns until a load would return a new record: 1, or
  * MMAPIPC_ETIMEDOUT, or MMAPIPC_EINTR when a signal cut a sleep short, or
