@@ -16,6 +16,7 @@ VM caused (a sleeper woken milliseconds late) is told apart from a miss of the d
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import math
 import mmap
@@ -33,6 +34,7 @@ from typing import Any
 
 import mmapipc
 from mmapipc import Reader, Student, Writer
+from mmapipc._ffi import ffi, lib
 from mmapipc.mapping import IDLE_AFTER, IDLE_GAP, MAX_GAP
 from mmapipc.peers import CompilerError, compile_c
 
@@ -309,6 +311,7 @@ def reader_main(cfg: dict[str, Any]) -> None:
     clock, mono = time.clock_gettime_ns, time.CLOCK_MONOTONIC
     path, last_id, how = cfg["path"], int(cfg["last"]), cfg.get("how", "mmapipc")
     seen: list[tuple[int, str, int]] = []
+    late: list[int] = []   # the late looks so far, at each change seen
     stats: dict[str, int] = {}
     first: tuple[int, int] | None = None
     cpu0, t0 = _cpu_ns(), clock(mono)
@@ -335,6 +338,10 @@ def reader_main(cfg: dict[str, Any]) -> None:
     else:
         options = {k: cfg[k] for k in ("busy", "max_gap", "idle_gap", "idle_after") if k in cfg}
         with Reader[Student](path, **options) as reader:
+            # the late looks so far at each change (one C call, ~1 us): a record missed
+            # between two changes with a late look between them was missed by the machine
+            counts, get_stats, ch = ffi.new("struct mmapipc_stats *"), lib.mmapipc_get_stats, \
+                reader._ch
             feed = reader.watch(cfg.get("idle_end", IDLE_END))
             next(feed)
             ready = mark(cpu0, t0)
@@ -342,12 +349,14 @@ def reader_main(cfg: dict[str, Any]) -> None:
             for s in feed:
                 first = first or mark(cpu0, t0)
                 seen.append((s.id, s.name, clock(mono)))
+                get_stats(ch, counts)
+                late.append(counts.late_polls)
                 if s.id >= last_id:
                     break
             stats = reader.stats
     cpu, wall = mark(cpu0, t0)
-    print(json.dumps({"seen": seen, "wall_ns": wall, "cpu_ns": cpu, "ready": ready,
-                      "first": first, "stats": stats}), flush=True)
+    print(json.dumps({"seen": seen, "late": late, "wall_ns": wall, "cpu_ns": cpu,
+                      "ready": ready, "first": first, "stats": stats}), flush=True)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -404,9 +413,20 @@ def summarize(label: str, stored: list[int], data: dict[str, Any], how: str, *,
     after_silence = [i for i in missed_long if max_gap == MAX_GAP and stayed[i - 1] < IDLE_GAP
                      and not any(0 <= (stored[i - 1] - t) / 1e9 < IDLE_AFTER for t in times)]
     missed_long = [i for i in missed_long if i not in after_silence]
+    # a miss with a late look between the changes seen before and after it: the machine's
+    # (the Python reader notes its late looks at each change; the others do not)
+    late_at = dict(zip((i for i, _, _ in data["seen"]), data.get("late", []), strict=False))
+    ids = sorted(late_at)
+
+    def woke_late(i: int) -> bool:
+        at = bisect.bisect(ids, i)
+        return 0 < at < len(ids) and late_at[ids[at]] > late_at[ids[at - 1]]
+
+    missed_late = [i for i in missed_long if woke_late(i)]
     return {
         "case": label, "written": len(stored), "seen": len(seen), "missed": len(missed),
         "missed_stayed_max_gap": len(missed_long), "stay_us": max_gap * 1e6,
+        "missed_with_late_look": len(missed_late),
         "missed_after_silence": len(after_silence),
         "missed_examples_ms": [round(stayed[i - 1] * 1e3, 3) for i in missed_long[:5]],
         "p50_us": _pct(lat, 50), "p99_us": _pct(lat, 99), "max_us": max(lat, default=0.0),
@@ -494,9 +514,11 @@ ALTERNATIVE = {"how": "stdlib", "gap": MAX_GAP}
 def _targets(row: dict[str, Any], targets: dict[str, float]) -> str:
     marks = []
     if row.get("reader") == "mmapipc" and "missed_stayed_max_gap" in row:
-        ok = row["missed_stayed_max_gap"] == 0
+        missed, late = row["missed_stayed_max_gap"], row.get("missed_with_late_look", 0)
         stay = "max_gap" if row["stay_us"] == MAX_GAP * 1e6 else f"{row['stay_us']:g} us"
-        marks.append(f"none missed that stayed >= {stay}: {'met' if ok else 'MISSED'}")
+        why = f" ({late} of {missed} beside a late look)" if missed else ""
+        marks.append(f"none missed that stayed >= {stay}: {'met' if not missed else 'MISSED'}"
+                     + why)
     for key, limit in targets.items():
         name = {"p50_us": "p50", "p99_us": "p99", "cpu_percent": "CPU"}[key]
         unit = "%" if key == "cpu_percent" else " us"
