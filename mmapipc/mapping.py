@@ -434,6 +434,7 @@ class Reader(_Mapping[T]):
         else:
             self._open(flags)
         self._last: T
+        self._last_raw = b""   # the bytes of self._last, as loaded
         self.read()  # the record at open: what wait_for_change compares against
 
     def _open_when_ready(self, timeout: float | None, flags: int) -> None:
@@ -458,10 +459,17 @@ class Reader(_Mapping[T]):
                 if rc == 0:
                     return self._last
                 if rc == 1:
-                    self._last = last = self._decode(self._outbuf[:])
+                    raw = self._outbuf[:]
+                    self._last = last = self._decode(raw)
+                    self._last_raw = raw
                     return last
-            except BaseException:  # a record loaded but never returned: load it again
-                lib.mmapipc_forget(self._ch)
+            except BaseException:
+                # a record loaded but never returned (the out buffer moved past the last
+                # one returned): load it again.  Only then: a signal handler's exception
+                # just after a load that found nothing new (in a busy wait's hand-back,
+                # say) must not make the record the wait has come back as a change.
+                if self._outbuf[:] != self._last_raw:
+                    lib.mmapipc_forget(self._ch)
                 raise
         raise self._error(rc)
 
