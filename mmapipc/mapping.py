@@ -436,6 +436,9 @@ class Reader(_Mapping[T]):
         self._last: T
         self._last_raw = b""   # the bytes of self._last, as loaded
         self.read()  # the record at open: what wait_for_change compares against
+        # a busy wait hands back only while the path of a change is short (_next_change)
+        self._warm = bool(busy) and self._decodes_within(
+            min(lib.MMAPIPC_WARM_NS, _ns(gaps[0]) // 2))
 
     def _open_when_ready(self, timeout: float | None, flags: int) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -447,6 +450,17 @@ class Reader(_Mapping[T]):
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
             time.sleep(OPEN_POLL)
+
+    def _decodes_within(self, limit_ns: int) -> bool:
+        """Whether decoding the record at hand takes at most limit_ns: the fastest of up
+        to three tries, so that one the machine slowed down does not count."""
+        data = self._outbuf[:]
+        for _ in range(3):
+            start = time.perf_counter_ns()
+            self._decode(data)
+            if time.perf_counter_ns() - start <= limit_ns:
+                return True
+        return False
 
     def read(self) -> T:
         """The current record, copied whole and checked against tearing.
@@ -518,8 +532,11 @@ class Reader(_Mapping[T]):
         deadline = None if limit is None else time.monotonic() + limit
         left = slice_ns if limit is None else min(slice_ns, int(limit * 1e9))
         # a busy wait hands back every MMAPIPC_WARM_NS only where no other thread would
-        # have to give up the GIL each time (and make it wait for it)
-        ready = _READY if not self._busy or _alone() else 0
+        # have to give up the GIL each time (and make it wait for it), and only where a
+        # record decodes in less time than that and half of max_gap: a longer hand-back
+        # would cost more than the spin it follows, and leave the record unlooked at
+        # for longer than max_gap (a change that stays that long could come and go)
+        ready = _READY if not self._busy or (self._warm and _alone()) else 0
         flags = ready
         while True:
             rc = wait(ch, left, flags)

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from test_watch import PATIENCE
 
@@ -15,6 +16,7 @@ from mmapipc import Reader, Student
 INTERRUPTED = r"""
 import json, random, signal, sys, time
 from pathlib import Path
+from typing import Any
 from mmapipc import Reader, Student
 path = Path(sys.argv[1])
 signal.signal(signal.SIGALRM, signal.default_int_handler)   # a Ctrl-C, at a chosen time
@@ -82,3 +84,75 @@ def test_an_interrupt_in_read_forgets_only_a_record_it_did_not_return(shared: Pa
             pass
         r._decode = decode
         assert r.wait_for_change(timeout=PATIENCE) == Student(2, "moved", "f")
+
+
+FRAME_H = r"""
+struct sample { short level; char flags; };
+struct frame { int id; struct sample samples[4096]; };
+"""
+
+PAIRS_WRITER = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+#include "frame.h"
+static void nap(long ns)
+{
+    struct timespec t = {ns / 1000000000L, ns % 1000000000L};
+    nanosleep(&t, NULL);
+}
+/* A legacy writer (plain memcpy) of a 16 KiB frame: PAIRS times, frame 2k+1, then frame
+ * 2k+2 2 ms later (each stays longer than max_gap), then 30 ms of silence. */
+int main(int argc, char **argv)
+{
+    static struct frame f;
+    int fd = argc == 3 ? open(argv[1], O_RDWR) : -1;
+    struct frame *m = mmap(NULL, sizeof f, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (fd < 0 || m == MAP_FAILED)
+        return 2;
+    nap(30000000L);
+    for (int k = 0; k < atoi(argv[2]); k++) {
+        f.id = 2 * k + 1;
+        memcpy(m, &f, sizeof f);
+        nap(2000000L);
+        f.id = 2 * k + 2;
+        memcpy(m, &f, sizeof f);
+        nap(30000000L);
+    }
+    return 0;
+}
+"""
+
+FRAMES = r"""
+import json, subprocess, sys
+from pathlib import Path
+from typing import Any
+from mmapipc import Layout, Reader
+header, path, writer = sys.argv[1:4]
+layout = Layout.from_file(header, "struct frame")
+Path(path).write_bytes(bytes(layout.size))
+with Reader(path, layout=layout, busy=True) as r:
+    w = subprocess.Popen([writer, path, "12"])
+    ids = [frame.id for frame in r.watch(timeout=0.3)]
+    assert w.wait() == 0
+print(json.dumps(ids))
+"""
+
+
+def test_a_slow_decode_does_not_hide_a_change_behind_a_hand_back(
+        tmp_path: Path, build_c: Any) -> None:
+    """A 16 KiB frame of 4096 small structs takes milliseconds to decode in Python: a
+    hand-back that decodes it would leave the record unlooked at for longer than max_gap,
+    and a frame that stays 2 ms would go unseen.  A busy wait on such a record spins."""
+    header = tmp_path / "frame.h"
+    header.write_text(FRAME_H)
+    writer = build_c("pairs_writer", f'#include "{header}"\n'
+                     + PAIRS_WRITER.replace('#include "frame.h"\n', ""))
+    out = subprocess.run([sys.executable, "-c", FRAMES, str(header), str(tmp_path / "frame"),
+                          str(writer)], capture_output=True, text=True, timeout=PATIENCE)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == list(range(25))
