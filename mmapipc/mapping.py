@@ -537,6 +537,8 @@ class Reader(_Mapping[T]):
         # would cost more than the spin it follows, and leave the record unlooked at
         # for longer than max_gap (a change that stays that long could come and go)
         ready = _READY if not self._busy or (self._warm and _alone()) else 0
+        # ...and asks again every WAIT_SLICE: a signal handler may have started a thread
+        recheck = time.monotonic() + WAIT_SLICE if ready and self._busy else math.inf
         flags = ready
         while True:
             rc = wait(ch, left, flags)
@@ -544,6 +546,10 @@ class Reader(_Mapping[T]):
                 record = self.read() if rc == 1 else self._make_ready()
                 if record is not before:
                     return record
+                if rc == _DUE and time.monotonic() >= recheck:
+                    recheck = time.monotonic() + WAIT_SLICE
+                    if not _alone():
+                        ready, recheck = 0, math.inf
             elif rc == _ETIMEDOUT:
                 slice_ns = self._slice_alone if _alone() else _WAIT_SLICE_NS
             elif rc != _EINTR and rc != _SPUN:   # SPUN: signal handlers run, then on

@@ -156,3 +156,42 @@ def test_a_slow_decode_does_not_hide_a_change_behind_a_hand_back(
                           str(writer)], capture_output=True, text=True, timeout=PATIENCE)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == list(range(25))
+
+
+JOINED = r"""
+import json, signal, sys, threading, time
+from pathlib import Path
+from mmapipc import Reader, Student
+done, started, decodes = threading.Event(), [], []
+def start_a_thread(signum, frame):   # a signal handler that starts a thread, idle
+    started.append(time.monotonic())
+    threading.Thread(target=done.wait, daemon=True).start()
+signal.signal(signal.SIGALRM, start_a_thread)
+with Reader[Student](Path(sys.argv[1]), busy=True) as r:
+    decode = r._decode
+    def counting(data):
+        decodes.append(time.monotonic())
+        return decode(data)
+    r._decode = counting
+    signal.setitimer(signal.ITIMER_REAL, 0.1)
+    try:
+        r.wait_for_change(timeout=0.8)
+    except TimeoutError:
+        pass
+done.set()
+print(json.dumps({"before": sum(t < started[0] for t in decodes),
+                  "after": [t - started[0] for t in decodes if t >= started[0]]}))
+"""
+
+
+def test_a_thread_started_during_a_busy_wait_ends_its_hand_backs(shared: Path) -> None:
+    """A thread started while a busy wait runs (by a signal handler) would have to give
+    up the GIL at every hand-back: the wait stops handing back within a slice or so, not
+    at the next change."""
+    shared.write_bytes(Student(1, "still", "m").to_bytes())
+    out = subprocess.run([sys.executable, "-c", JOINED, str(shared)],
+                         capture_output=True, text=True, timeout=PATIENCE)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["before"] > 0, got   # alone, it handed back
+    assert all(t < 0.3 for t in got["after"]), (len(got["after"]), max(got["after"]))
