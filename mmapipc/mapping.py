@@ -566,11 +566,12 @@ class Reader(_Mapping[T]):
         """Shortly before a slow writer's change is due, or now and then in a busy wait:
         take the path a change takes (a load, a decode), so that its code and data are in
         the cache when the change comes (after a long sleep they are not: a change then took
-        ~100 us more to return; after a millisecond's spin, ~15 us more)."""
+        ~100 us more to return; after a millisecond's spin, ~15 us more).  The decode comes
+        first: after read(), nothing may stand between a change it took and its return
+        (a Ctrl-C there would leave the change returned to no one)."""
         with self._lock:
-            record = self.read()
             self._decode(self._outbuf[:])
-        return record
+            return self.read()
 
     def watch(self, timeout: float | None = None) -> Iterator[T]:
         """Yield the current record, then each change once; stop after timeout idle seconds."""

@@ -195,3 +195,47 @@ def test_a_thread_started_during_a_busy_wait_ends_its_hand_backs(shared: Path) -
     got = json.loads(out.stdout)
     assert got["before"] > 0, got   # alone, it handed back
     assert all(t < 0.3 for t in got["after"]), (len(got["after"]), max(got["after"]))
+
+
+CUT_SHORT = r"""
+import json, sys
+from pathlib import Path
+from mmapipc import Reader, Student
+path = Path(sys.argv[1])
+moved = Student(2, "moved", "f")
+with Reader[Student](path, busy=True) as r:
+    load, decode, decoded, loads = r._load, r._decode, [], []
+    def storing_load(ch, out):   # the change lands just as the first hand-back reads
+        if not loads:
+            path.write_bytes(moved.to_bytes())
+        loads.append(1)
+        return load(ch, out)
+    def interrupted_decode(data):   # a Ctrl-C while the moved record is decoded again
+        decoded.append(data)
+        if decoded.count(moved.to_bytes()) == 2:
+            raise KeyboardInterrupt
+        return decode(data)
+    r._load, r._decode = storing_load, interrupted_decode
+    try:
+        got = [r.wait_for_change(timeout=5).id]
+    except KeyboardInterrupt:
+        got = ["interrupted"]
+    r._load, r._decode = load, decode
+    try:
+        got.append(r.wait_for_change(timeout=0.1).id)
+    except TimeoutError:
+        got.append("timeout")
+print(json.dumps(got))
+"""
+
+
+def test_a_change_taken_by_a_hand_back_is_returned_even_after_a_ctrl_c(shared: Path) -> None:
+    """A change that a hand-back's read() takes, then a Ctrl-C during the rest of the
+    hand-back: the next wait returns that change (it was never returned), rather than
+    waiting for the one after it."""
+    shared.write_bytes(Student(1, "still", "m").to_bytes())
+    out = subprocess.run([sys.executable, "-c", CUT_SHORT, str(shared)],
+                         capture_output=True, text=True, timeout=PATIENCE)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert 2 in got, got
