@@ -25,14 +25,16 @@ with Reader[Student](path, busy=True) as r:
     t0 = time.monotonic()
     while time.monotonic() - t0 < 1.0:
         try:
-            signal.setitimer(signal.ITIMER_REAL, random.uniform(60e-6, 400e-6))
-            r.wait_for_change(timeout=0.005)
-            returned += 1
+            try:
+                signal.setitimer(signal.ITIMER_REAL, random.uniform(60e-6, 400e-6))
+                r.wait_for_change(timeout=0.005)
+                returned += 1
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
         except KeyboardInterrupt:
             interrupted += 1
         except TimeoutError:
             pass
-        signal.setitimer(signal.ITIMER_REAL, 0)
 print(json.dumps({"interrupted": interrupted, "returned": returned}))
 """
 
