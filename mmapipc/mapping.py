@@ -434,7 +434,11 @@ class Reader(_Mapping[T]):
         else:
             self._open(flags)
         self._last: T
+        self._last_raw = b""   # the bytes of self._last, as loaded
         self.read()  # the record at open: what wait_for_change compares against
+        # a busy wait hands back only while the path of a change is short (_next_change)
+        self._warm = bool(busy) and self._decodes_within(
+            min(lib.MMAPIPC_WARM_NS, _ns(gaps[0]) // 2))
 
     def _open_when_ready(self, timeout: float | None, flags: int) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -447,6 +451,17 @@ class Reader(_Mapping[T]):
                     raise
             time.sleep(OPEN_POLL)
 
+    def _decodes_within(self, limit_ns: int) -> bool:
+        """Whether decoding the record at hand takes at most limit_ns: the fastest of up
+        to three tries, so that one the machine slowed down does not count."""
+        data = self._outbuf[:]
+        for _ in range(3):
+            start = time.perf_counter_ns()
+            self._decode(data)
+            if time.perf_counter_ns() - start <= limit_ns:
+                return True
+        return False
+
     def read(self) -> T:
         """The current record, copied whole and checked against tearing.
 
@@ -458,10 +473,17 @@ class Reader(_Mapping[T]):
                 if rc == 0:
                     return self._last
                 if rc == 1:
-                    self._last = last = self._decode(self._outbuf[:])
+                    raw = self._outbuf[:]
+                    self._last = last = self._decode(raw)
+                    self._last_raw = raw
                     return last
-            except BaseException:  # a record loaded but never returned: load it again
-                lib.mmapipc_forget(self._ch)
+            except BaseException:
+                # a record loaded but never returned (the out buffer moved past the last
+                # one returned): load it again.  Only then: a signal handler's exception
+                # just after a load that found nothing new (in a busy wait's hand-back,
+                # say) must not make the record the wait has come back as a change.
+                if self._outbuf[:] != self._last_raw:
+                    lib.mmapipc_forget(self._ch)
                 raise
         raise self._error(rc)
 
@@ -510,8 +532,13 @@ class Reader(_Mapping[T]):
         deadline = None if limit is None else time.monotonic() + limit
         left = slice_ns if limit is None else min(slice_ns, int(limit * 1e9))
         # a busy wait hands back every MMAPIPC_WARM_NS only where no other thread would
-        # have to give up the GIL each time (and make it wait for it)
-        ready = _READY if not self._busy or _alone() else 0
+        # have to give up the GIL each time (and make it wait for it), and only where a
+        # record decodes in less time than that and half of max_gap: a longer hand-back
+        # would cost more than the spin it follows, and leave the record unlooked at
+        # for longer than max_gap (a change that stays that long could come and go)
+        ready = _READY if not self._busy or (self._warm and _alone()) else 0
+        # ...and asks again every WAIT_SLICE: a signal handler may have started a thread
+        recheck = time.monotonic() + WAIT_SLICE if ready and self._busy else math.inf
         flags = ready
         while True:
             rc = wait(ch, left, flags)
@@ -519,6 +546,10 @@ class Reader(_Mapping[T]):
                 record = self.read() if rc == 1 else self._make_ready()
                 if record is not before:
                     return record
+                if rc == _DUE and time.monotonic() >= recheck:
+                    recheck = time.monotonic() + WAIT_SLICE
+                    if not _alone():
+                        ready, recheck = 0, math.inf
             elif rc == _ETIMEDOUT:
                 slice_ns = self._slice_alone if _alone() else _WAIT_SLICE_NS
             elif rc != _EINTR and rc != _SPUN:   # SPUN: signal handlers run, then on
@@ -535,11 +566,12 @@ class Reader(_Mapping[T]):
         """Shortly before a slow writer's change is due, or now and then in a busy wait:
         take the path a change takes (a load, a decode), so that its code and data are in
         the cache when the change comes (after a long sleep they are not: a change then took
-        ~100 us more to return; after a millisecond's spin, ~15 us more)."""
+        ~100 us more to return; after a millisecond's spin, ~15 us more).  The decode comes
+        first: after read(), nothing may stand between a change it took and its return
+        (a Ctrl-C there would leave the change returned to no one)."""
         with self._lock:
-            record = self.read()
             self._decode(self._outbuf[:])
-        return record
+            return self.read()
 
     def watch(self, timeout: float | None = None) -> Iterator[T]:
         """Yield the current record, then each change once; stop after timeout idle seconds."""
