@@ -599,9 +599,10 @@ def main(argv: list[str] | None = None) -> int:
         for label, writer, reader, skip, targets, bound in CASES:
             if args.case not in label:
                 continue
-            if args.quick:
-                writer = [str(min(int(writer[0]), 200 if writer[1] != "rel" else 4)),
+            if args.quick:  # a smoke run: every change counts, the first ones too
+                writer = [str(min(int(writer[0]), 200 if writer[1] != "rel" else 2)),
                           *writer[1:]]
+                skip = 0
             # a notifying writer's changes are to be seen unless replaced within 50 us
             stay = NOTIFIED_STAY if writer[1].startswith("n") else MAX_GAP
             row = run_case(exe, tmp, label, writer, reader, skip_first=skip, max_gap=stay)
