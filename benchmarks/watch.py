@@ -44,7 +44,7 @@ IDLE_END = 0.5  # the reader stops after this long without a change
 NOTIFIED_STAY = 50e-6  # a notifying writer's record that stayed this long must be seen
 LEAD = 0.3      # the reader watches this long before the writer starts
 
-WRITER_C = r"""
+C_HEAD = r"""
 #define _GNU_SOURCE
 #include "mmapipc_record.h"
 #include <fcntl.h>
@@ -54,6 +54,8 @@ WRITER_C = r"""
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -66,6 +68,30 @@ static long long now_ns(void)
     return t.tv_sec * 1000000000LL + t.tv_nsec;
 }
 
+static long long cpu_ns(void)
+{
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return (u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1000000000LL +
+           (u.ru_utime.tv_usec + u.ru_stime.tv_usec) * 1000LL;
+}
+
+/* What watch.py's Python reader prints at its end: the records seen and when, its wall
+ * and CPU time (ns), its looks (-1: not counted). */
+static void report(const struct STU *got, const long long *at, int n, long long wall,
+                   long long cpu, long long looks)
+{
+    printf("{\"seen\": [");
+    for (int i = 0; i < n; i++)
+        printf("%s[%d, \"%.19s\", %lld]", i ? ", " : "", got[i].id, got[i].name, at[i]);
+    printf("], \"wall_ns\": %lld, \"cpu_ns\": %lld, \"stats\": {", wall, cpu);
+    if (looks >= 0)
+        printf("\"polls\": %lld", looks);
+    printf("}}\n");
+}
+"""
+
+WRITER_C = C_HEAD + r"""
 static void at(long long t)
 {
     struct timespec ts = {t / 1000000000LL, t % 1000000000LL};
@@ -131,23 +157,7 @@ int main(int argc, char **argv)
 """
 
 
-READER_C = r"""
-#define _GNU_SOURCE
-#include "mmapipc_record.h"
-#include <stdio.h>
-#include <stdlib.h>
-#include <sys/resource.h>
-
-struct STU { int id; char name[20]; char sex; };
-
-static long long cpu_ns(void)
-{
-    struct rusage u;
-    getrusage(RUSAGE_SELF, &u);
-    return (u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1000000000LL +
-           (u.ru_utime.tv_usec + u.ru_stime.tv_usec) * 1000LL;
-}
-
+READER_C = C_HEAD + r"""
 /* reader PATH LAST IDLE_NS: what watch.py's reader does, in C on the header (its
  * mmapipc_rec_wait: futex sleeps on a notifying writer, else a look every 1 ms). */
 int main(int argc, char **argv)
@@ -170,43 +180,12 @@ int main(int argc, char **argv)
         if (s.id >= last)
             break;
     }
-    long long wall = mmapipc_rec__now_ns() - t0, cpu = cpu_ns() - c0;
-    printf("{\"seen\": [");
-    for (int i = 0; i < n; i++)
-        printf("%s[%d, \"%.19s\", %lld]", i ? ", " : "", got[i].id, got[i].name, at[i]);
-    printf("], \"wall_ns\": %lld, \"cpu_ns\": %lld, \"stats\": {}}\n", wall, cpu);
+    report(got, at, n, mmapipc_rec__now_ns() - t0, cpu_ns() - c0, -1);
     return 0;
 }
 """
 
-FLOOR_C = r"""
-#define _GNU_SOURCE
-#include <fcntl.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
-#include <time.h>
-
-struct STU { int id; char name[20]; char sex; };
-
-static long long now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1000000000LL + t.tv_nsec;
-}
-
-static long long cpu_ns(void)
-{
-    struct rusage u;
-    getrusage(RUSAGE_SELF, &u);
-    return (u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1000000000LL +
-           (u.ru_utime.tv_usec + u.ru_stime.tv_usec) * 1000LL;
-}
-
+FLOOR_C = C_HEAD + r"""
 /* floor PATH LAST IDLE_NS GAP_NS: the least any poller can do, in C with no guard and no
  * prediction: compare the 28 bytes, sleep GAP_NS (timer slack 1 us; 0: spin), again;
  * ends at id LAST or after IDLE_NS without a change.  Prints what watch.py's reader does. */
@@ -242,12 +221,7 @@ int main(int argc, char **argv)
         if (gap > 0)
             clock_nanosleep(CLOCK_MONOTONIC, 0, &nap, NULL);
     }
-    long long wall = now_ns() - t0, cpu = cpu_ns() - c0;
-    printf("{\"seen\": [");
-    for (int i = 0; i < n; i++)
-        printf("%s[%d, \"%.19s\", %lld]", i ? ", " : "", got[i].id, got[i].name, at[i]);
-    printf("], \"wall_ns\": %lld, \"cpu_ns\": %lld, \"stats\": {\"polls\": %lld}}\n",
-           wall, cpu, looks);
+    report(got, at, n, now_ns() - t0, cpu_ns() - c0, looks);
     return 0;
 }
 """
