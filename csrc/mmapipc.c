@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
@@ -236,9 +237,21 @@ static int guard_fault(struct guard *g)
 #define now_ns mmapipc_rec__now_ns
 #define cpu_relax mmapipc_rec__relax
 
+/* While this thread's wait holds signals (MMAPIPC_WAIT_SIGNALS): the mask to
+ * sleep with, the thread's own, so that a signal held since the last sleep
+ * ends the next one at once; NULL otherwise. */
+static __thread const sigset_t *sleep_mask;
+
 /* Sleep until the monotonic time t; -1 (errno EINTR) if a signal cut it short. */
 static int sleep_until(int64_t t)
 {
+    if (sleep_mask != NULL) {   /* signals let in only for the sleep, atomically */
+        int64_t left = t - now_ns();
+        struct timespec rel = {0, 0};
+        if (left > 0)
+            rel = (struct timespec){(time_t)(left / 1000000000), (long)(left % 1000000000)};
+        return ppoll(NULL, 0, &rel, sleep_mask) < 0 && errno == EINTR ? -1 : 0;
+    }
     struct timespec ts = {(time_t)(t / 1000000000), (long)(t % 1000000000)};
     int rc = clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
     if (rc != 0) {
@@ -1314,6 +1327,30 @@ static int64_t ready_at(const mmapipc_channel *ch, int flags, int64_t now, int64
     return ready ? due : 0;
 }
 
+/* A futex sleep that a held signal ends at once: a futex cannot let signals in
+ * atomically, so one held since the look returns now, and the rest are let in
+ * for the sleep (a signal in the few instructions between is the one left). */
+static int futex_sleep_held(_Atomic uint32_t *addr, uint32_t word, int64_t until)
+{
+    sigset_t pending, held;
+    int rc, err;
+    if (sleep_mask == NULL)
+        return futex_sleep(addr, word, until);
+    sigpending(&pending);
+    for (int sig = 1; sig < NSIG; sig++) {
+        if (sigismember(&pending, sig) == 1 && sigismember(sleep_mask, sig) == 0) {
+            errno = EINTR;
+            return -1;
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, sleep_mask, &held);
+    rc = futex_sleep(addr, word, until);
+    err = errno;
+    pthread_sigmask(SIG_SETMASK, &held, NULL);
+    errno = err;
+    return rc;
+}
+
 /* Between two looks, without the channel's mutex: on a notifying writer's
  * futex until it stores (2 when MMAPIPC_RELOOK_NS passed first), else until
  * the next look is due (0), or MMAPIPC_READY_NS before it (3, MMAPIPC_DUE to
@@ -1341,7 +1378,7 @@ static int pause_wait(mmapipc_channel *ch, int flags, int64_t now, int64_t end, 
         int64_t until = now + MMAPIPC_RELOOK_NS < end ? now + MMAPIPC_RELOOK_NS : end;
         ch->st.sleeps++;
         pthread_mutex_unlock(&ch->lock);
-        rc = futex_sleep(addr, word, until);
+        rc = futex_sleep_held(addr, word, until);
         return rc == 1 && until < end ? 2 : rc;
     }
     next = next_look(ch, now);
@@ -1368,7 +1405,28 @@ static int pause_wait(mmapipc_channel *ch, int flags, int64_t now, int64_t end, 
     return sleep_until(next);
 }
 
+static int wait_for(mmapipc_channel *ch, int64_t timeout, int flags);
+
 int mmapipc_wait(mmapipc_channel *ch, int64_t timeout, int flags)
+{
+    sigset_t all, own;
+    int rc;
+    if (!(flags & MMAPIPC_WAIT_SIGNALS))
+        return wait_for(ch, timeout, flags);
+    /* hold every signal but those a fault raises: a SIGBUS held in a guarded
+     * copy would kill the process instead of reaching the guard */
+    sigfillset(&all);
+    for (int i = 0; i < 6; i++)
+        sigdelset(&all, (int[]){SIGBUS, SIGSEGV, SIGILL, SIGFPE, SIGTRAP, SIGSYS}[i]);
+    pthread_sigmask(SIG_BLOCK, &all, &own);
+    sleep_mask = &own;
+    rc = wait_for(ch, timeout, flags);
+    sleep_mask = NULL;
+    pthread_sigmask(SIG_SETMASK, &own, NULL);   /* a held signal is delivered here */
+    return rc;
+}
+
+static int wait_for(mmapipc_channel *ch, int64_t timeout, int flags)
 {
     int64_t start = now_ns(), now = start;
     uint32_t word = 0;

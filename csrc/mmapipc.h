@@ -139,9 +139,14 @@ int mmapipc_load_raw(mmapipc_channel *ch, char *out);
  * returned before a change (no look before the next one is due).  READY:
  * return MMAPIPC_DUE once, MMAPIPC_READY_NS before a slow regular writer's
  * change is due, and MMAPIPC_SPUN after spinning through its window in vain;
- * a busy wait returns MMAPIPC_DUE after spinning MMAPIPC_WARM_NS. */
+ * a busy wait returns MMAPIPC_DUE after spinning MMAPIPC_WARM_NS.  SIGNALS:
+ * the caller runs its signal handlers only when the wait returns (a process of
+ * one thread, with a long timeout): signals are held between sleeps, so that
+ * one that comes there (a timer's often comes just as a sleep ends) ends the
+ * next sleep at once instead of being noticed at the timeout. */
 #define MMAPIPC_WAIT_RESUME 1
 #define MMAPIPC_WAIT_READY 2
+#define MMAPIPC_WAIT_SIGNALS 4
 #define MMAPIPC_DUE 2
 #define MMAPIPC_SPUN 3
 #define MMAPIPC_READY_NS 500000

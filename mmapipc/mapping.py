@@ -63,6 +63,7 @@ _DUE = lib.MMAPIPC_DUE
 _SPUN = lib.MMAPIPC_SPUN
 _RESUME = lib.MMAPIPC_WAIT_RESUME
 _READY = lib.MMAPIPC_WAIT_READY
+_HOLD = lib.MMAPIPC_WAIT_SIGNALS
 _EINTR = lib.MMAPIPC_EINTR
 
 
@@ -539,6 +540,7 @@ class Reader(_Mapping[T]):
         ready = _READY if not self._busy or (self._warm and _alone()) else 0
         # ...and asks again every WAIT_SLICE: a signal handler may have started a thread
         recheck = time.monotonic() + WAIT_SLICE if ready and self._busy else math.inf
+        hold = 0   # signals held between sleeps: in a slice alone (below)
         flags = ready
         while True:
             rc = wait(ch, left, flags)
@@ -552,9 +554,12 @@ class Reader(_Mapping[T]):
                         ready, recheck = 0, math.inf
             elif rc == _ETIMEDOUT:
                 slice_ns = self._slice_alone if _alone() else _WAIT_SLICE_NS
+                # a slice alone ends only at a change, the timeout or a signal: a signal
+                # that came between two sleeps must end the next sleep
+                hold = _HOLD if slice_ns == _WAIT_ALONE_NS else 0
             elif rc != _EINTR and rc != _SPUN:   # SPUN: signal handlers run, then on
                 raise self._error(rc)
-            flags = (ready | _RESUME) if rc == _ETIMEDOUT or rc >= _DUE else ready
+            flags = (ready | _RESUME | hold) if rc == _ETIMEDOUT or rc >= _DUE else ready | hold
             left = slice_ns
             if deadline is not None:
                 now = time.monotonic()

@@ -123,6 +123,51 @@ def test_ctrl_c_ends_a_long_wait_alone_in_its_process(busy: bool, tmp_path: Path
     assert line and line[0] == "interrupted" and float(line[1]) < 1.0, line
 
 
+# Alone in its process: a timer's signal (its handler raises) at a random moment after the
+# first slice, ROUNDS times; prints how long after each signal its wait ended.
+TIMED_OUT = """
+import json, random, signal, sys, time
+from mmapipc import Reader
+class Stop(Exception):
+    pass
+def stop(*_):
+    raise Stop
+signal.signal(signal.SIGALRM, stop)
+late = []
+with Reader(sys.argv[1], max_gap=1e-3, idle_gap=float(sys.argv[2])) as r:
+    for _ in range(int(sys.argv[3])):
+        delay = random.uniform(0.06, 0.09)
+        start = time.monotonic()
+        try:
+            signal.setitimer(signal.ITIMER_REAL, delay)
+            r.wait_for_change(5)
+        except Stop:
+            late.append(time.monotonic() - start - delay)
+print(json.dumps(late))
+"""
+
+
+@pytest.mark.parametrize("idle_gap,notifying", [(1e-3, False), (10e-3, False), (10e-3, True)],
+                         ids=["polling-1ms", "polling-10ms", "futex"])
+def test_a_timers_signal_ends_a_wait_alone_at_once(tmp_path: Path, idle_gap: float,
+                                                   notifying: bool) -> None:
+    """A timer's signal often comes with the wait's own wake-up, just after its sleep
+    ended: then no sleep is cut short.  A wait alone in its process, which stays in C,
+    must still end at once (it ended at its timeout: 6 of 40 at idle_gap=1 ms, 1 of 40 at
+    10 ms, alarms 60-90 ms into a wait).  The same on a notifying writer's futex."""
+    path = tmp_path / "rec.bin"
+    if notifying:
+        with Writer(path) as w:
+            w.write(numbered(1))
+    else:
+        path.write_bytes(numbered(1).to_bytes())  # a legacy record: the wait polls
+    out = subprocess.run([sys.executable, "-c", TIMED_OUT, str(path), str(idle_gap), "30"],
+                         capture_output=True, text=True, timeout=PATIENCE)
+    assert out.returncode == 0, out.stderr
+    late = json.loads(out.stdout)
+    assert len(late) == 30 and max(late) < 0.05, sorted(late)[-5:]
+
+
 def test_a_waiter_never_sleeps_through_a_store(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A writer in another process stores at random moments; with 5 s slices a store slept
