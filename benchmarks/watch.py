@@ -558,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         exe = build_writer(tmp)
         if exe is None:
             return 0
-        idle_s = 1.0 if args.quick else 5.0
+        idle_s = 0.5 if args.quick else 5.0
         floor = _build_c(tmp, "floor", FLOOR_C)
         if args.case in "idle: no writer":
             row = idle_case(idle_s, "mmapipc")

@@ -30,7 +30,7 @@ from mmapipc.peers import build_peer
 
 ROOT = Path(__file__).resolve().parents[1]
 PERIOD = 2002  # records the writers cycle through
-READ_SECONDS = 5.0  # the Python reader's budget against the C writer
+READ_SECONDS = 4.0  # the Python reader's budget against the C writer
 READ_TARGET = 1_000_000
 
 

@@ -2,10 +2,11 @@
 
 Each header in tests/headers/ names its struct on its first line and what to expect:
 ``ok``, ``size=N``/``align=N`` (the compiler's numbers, also checked), or
-``refused="words"`` (a one-line LayoutError containing them, or one of "a|b").  A laid-out struct is
-then cross-checked with ``Layout.check()``: a C program compiled from the same header
-prints sizeof, _Alignof, every member's offsetof and sizeof, and every field of a record
-encoded here.  Nothing may hang, explode or end in a traceback.
+``refused="words"`` (a one-line LayoutError containing them, or one of "a|b"), and
+``timeout=SEC`` for the compiler where the default would only make the test slow.  A
+laid-out struct is then cross-checked with ``Layout.check()``: a C program compiled from
+the same header prints sizeof, _Alignof, every member's offsetof and sizeof, and every
+field of a record encoded here.  Nothing may hang, explode or end in a traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from mmapipc import Layout, LayoutError
+from mmapipc.dwarf import TIMEOUT
 
 HEADERS = Path(__file__).resolve().parent / "headers"
 SPEC = re.compile(r"mmapipc-corpus:\s*(?P<name>(?:struct\s+)?\w+)\s+(?P<rest>.*?)\s*\*/")
@@ -45,10 +47,11 @@ def test_the_corpus_is_large_enough() -> None:
 @pytest.mark.parametrize("header", corpus(), ids=lambda p: p.stem)
 def test_header(header: Path, cc: str) -> None:
     name, expect = spec(header)
+    timeout = float(expect.get("timeout", TIMEOUT))
     start = time.monotonic()
     if "refused" in expect:
         with pytest.raises(LayoutError) as info:
-            Layout.from_file(header, name)
+            Layout.from_file(header, name, timeout=timeout)
         message = str(info.value)
         assert any(words in message for words in expect["refused"].split("|")), message
         assert "\n" not in message and "Traceback" not in message

@@ -31,7 +31,7 @@ from mmapipc import (
 )
 from mmapipc.mapping import SIZE_CHECK
 
-HAMMER = 4.0  # seconds each torn/stale hammer runs
+HAMMER = 3.0  # seconds each torn/stale hammer runs
 PATIENCE = 60.0
 
 
