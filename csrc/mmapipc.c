@@ -1415,9 +1415,10 @@ int mmapipc_wait(mmapipc_channel *ch, int64_t timeout, int flags)
         return wait_for(ch, timeout, flags);
     /* hold every signal but those a fault raises: a SIGBUS held in a guarded
      * copy would kill the process instead of reaching the guard */
+    static const int faults[] = {SIGBUS, SIGSEGV, SIGILL, SIGFPE, SIGTRAP, SIGSYS};
     sigfillset(&all);
-    for (int i = 0; i < 6; i++)
-        sigdelset(&all, (int[]){SIGBUS, SIGSEGV, SIGILL, SIGFPE, SIGTRAP, SIGSYS}[i]);
+    for (size_t i = 0; i < sizeof faults / sizeof faults[0]; i++)
+        sigdelset(&all, faults[i]);
     pthread_sigmask(SIG_BLOCK, &all, &own);
     sleep_mask = &own;
     rc = wait_for(ch, timeout, flags);

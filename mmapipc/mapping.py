@@ -559,7 +559,7 @@ class Reader(_Mapping[T]):
                 hold = _HOLD if slice_ns == _WAIT_ALONE_NS else 0
             elif rc != _EINTR and rc != _SPUN:   # SPUN: signal handlers run, then on
                 raise self._error(rc)
-            flags = (ready | _RESUME | hold) if rc == _ETIMEDOUT or rc >= _DUE else ready | hold
+            flags = ready | hold | (_RESUME if rc == _ETIMEDOUT or rc >= _DUE else 0)
             left = slice_ns
             if deadline is not None:
                 now = time.monotonic()
