@@ -9,9 +9,61 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from test_watch import PATIENCE
 
 from mmapipc import Reader, Student
+
+WARM = r"""
+import json, sys, threading, time
+from pathlib import Path
+from mmapipc import Reader, Student
+path, threaded = Path(sys.argv[1]), sys.argv[2] == "threaded"
+done = threading.Event()
+if threaded:   # another thread, idle: a hand-back would make it give up the GIL
+    threading.Thread(target=done.wait, daemon=True).start()
+with Reader[Student](path, busy=True) as r:
+    decodes, decode = 0, r._decode
+    def counting(data):
+        global decodes
+        decodes += 1
+        return decode(data)
+    r._decode = counting
+    t0 = time.monotonic()
+    try:
+        r.wait_for_change(timeout=0.2)
+    except TimeoutError:
+        pass
+    waited = time.monotonic() - t0
+    still = r.read()
+    path.write_bytes(Student(2, "moved", "f").to_bytes())
+    moved = r.wait_for_change(timeout=20)
+    print(json.dumps({"decodes": decodes, "waited": waited, "readied": r.stats["readied"],
+                      "still": still.id, "moved": [moved.id, moved.name]}))
+done.set()
+"""
+
+
+@pytest.mark.parametrize("threaded", [False, True], ids=["alone", "threaded"])
+def test_a_busy_wait_alone_keeps_the_path_of_a_change_warm(shared: Path,
+                                                           threaded: bool) -> None:
+    """A busy wait alone in its process hands back to Python every MMAPIPC_WARM_NS between
+    changes to take the path of a change (a read, a decode), which a millisecond of
+    spinning in C leaves cold on a shared machine; with another thread it does not (the
+    thread would give up the GIL each time).  Neither is a change nor a timeout."""
+    shared.write_bytes(Student(1, "still", "m").to_bytes())
+    out = subprocess.run([sys.executable, "-c", WARM, str(shared),
+                          "threaded" if threaded else "alone"],
+                         capture_output=True, text=True, timeout=PATIENCE)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert 0.2 <= got["waited"] < 0.2 + PATIENCE / 10, got
+    assert (got["still"], got["moved"], got["readied"]) == (1, [2, "moved"], 0), got
+    if threaded:
+        assert got["decodes"] == 1, got  # the change (the record was decoded on opening)
+    else:  # one every 50 us at most; a slow machine lends the core out, so ask a tenth
+        assert got["decodes"] >= 0.2 / 50e-6 / 10, got
+
 
 INTERRUPTED = r"""
 import json, random, signal, sys, time
