@@ -414,22 +414,21 @@ def summarize(label: str, stored: list[int], data: dict[str, Any], how: str, *,
 
 
 def run_case(exe: Path | list[str], tmp: Path, label: str, writer: list[str],
-             reader: dict[str, Any], *, skip_first: int = 0,
-             max_gap: float = MAX_GAP) -> dict[str, Any]:
+             reader: dict[str, Any], *, skip_first: int = 0, max_gap: float = MAX_GAP,
+             floor: tuple[Path, float] | None = None) -> dict[str, Any]:
     """One writer process (exe, a C writer or any command taking the same arguments) and
-    one reader process; what the reader saw, how late, CPU."""
+    one reader process (floor: the C floor and its look, instead of the Python reader);
+    what the reader saw, how late, CPU."""
     path = tmp / "watch.bin"
     path.write_bytes(RECORD.pack(0, b"0", b"m"))
     count = int(writer[0]) + (int(writer[3]) if len(writer) > 3 else 0)
     cfg = {"path": str(path), "last": count, **reader}
     command = [str(exe)] if isinstance(exe, Path) else exe
     how = reader.get("how", "mmapipc")
-    if how == "floor":  # the C floor instead of a Python reader
-        look = float(reader["look"])
-        how, watcher = floor_name(look), floor_command(Path(reader["exe"]), path, count,
-                                                     IDLE_END, look)
-    else:
-        watcher = [sys.executable, str(SCRIPT), "--reader", json.dumps(cfg)]
+    watcher = [sys.executable, str(SCRIPT), "--reader", json.dumps(cfg)]
+    if floor is not None:
+        how, watcher = floor_name(floor[1]), floor_command(floor[0], path, count, IDLE_END,
+                                                           floor[1])
     stored, data = exchange(label, [*command, str(path), *writer], watcher, cwd=tmp)
     return summarize(label, stored, data, how, skip_first=skip_first, max_gap=max_gap)
 
@@ -497,7 +496,7 @@ def _targets(row: dict[str, Any], targets: dict[str, float]) -> str:
         name = {"p50_us": "p50", "p99_us": "p99", "cpu_percent": "CPU"}[key]
         unit = "%" if key == "cpu_percent" else " us"
         floor = row.get("floor", {}).get(key)
-        below = f" (C floor {floor:.{1 if unit == ' us' else 2}f}{unit})" if floor else ""
+        below = "" if floor is None else f" (C floor {floor:.{1 if unit == ' us' else 2}f}{unit})"
         marks.append(f"{name} <= {limit:g}{unit}: {'met' if row[key] <= limit else 'MISSED'}"
                      + below)
     return "; ".join(marks)
@@ -587,9 +586,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((alt, {}))
             if floor is not None and bound is not None:
                 look, key = bound
-                lowest = run_case(exe, tmp, label, writer,
-                                  {"how": "floor", "exe": str(floor), "look": look},
-                                  skip_first=skip, max_gap=stay)
+                lowest = run_case(exe, tmp, label, writer, reader, skip_first=skip,
+                                  max_gap=stay, floor=(floor, look))
                 row["floor"] = {key: lowest[key]}
                 rows.append((lowest, {}))
             c_reader = build_reader(tmp) if writer[1].startswith("n") else None
